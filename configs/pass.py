@@ -17,6 +17,7 @@ VARIANTS = ("tiny", "small", "paper")
 def data_config() -> ml_collections.ConfigDict:
   d = ml_collections.ConfigDict()
   d.root = ""               # dataset root; "" -> generate the demo dataset in workdir/demo_data
+  d.prebuilt = ""            # a dataset dir built before (input_pipeline.build): skip the build stage
   d.labels_csv = ""         # "" -> root/labels.csv when it exists, else class folders
   d.split = "flow"          # flow (paper 8:1:1 per flow) | capture (grouped by file) | given
   d.split_file = ""         # CSV of `pcap,split` rows for split=given
@@ -54,7 +55,7 @@ def model_config(variant: str) -> ml_collections.ConfigDict:
   m = ml_collections.ConfigDict()
   m.name = "transformer"    # transformer | cnn | bilstm | bigru (baseline backbones)
   m.pooling = "cls"         # cls | mean
-  m.norm = "post"           # post | pre
+  m.norm = "pre"            # pre | post (pre-norm trains from scratch without plateaus; design.md)
   m.dropout = 0.1
   m.attention_dropout = 0.1
   m.proj_dim = 128          # contrastive projection head output
@@ -78,10 +79,11 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.stage = "all"           # all | extract | build | pretrain | finetune | pseudo_label | evaluate
   c.seed = 0
   c.quiet = False
+  c.eval_split = "test"     # split the evaluate stage scores: test | validation | train
   c.data = data_config()
   if tiny:
     c.data.demo.num_classes = 6
-    c.data.demo.max_flows_per_class = 200
+    c.data.demo.max_flows_per_class = 400
     c.data.demo.imbalance = 20.0
   c.model = model_config(variant)
 
@@ -91,11 +93,12 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.pretrain.batch_size = 32 if tiny else 128
   c.pretrain.epochs = 1.0
   c.pretrain.steps = 0                # > 0 overrides epochs
-  c.pretrain.lr = 5e-4 if tiny else 5e-5
+  c.pretrain.lr = 1e-3 if tiny else 5e-5
   c.pretrain.tau = 0.05
   c.pretrain.alpha = 2.0              # weight of strong negatives
   c.pretrain.weak_weight = 1.0        # weight of weak negatives
   c.pretrain.max_tries = 500          # Alg. 1 tries per anchor
+  c.pretrain.weak_fraction = -1.0     # < 0: paper (y uniform); in [0,1]: share of weak negatives
 
   c.finetune = ml_collections.ConfigDict()
   c.finetune.batch_size = 32 if tiny else 64
@@ -110,10 +113,14 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.pli.enabled = True                # False -> the `w/o PLI` ablation
   c.pli.threshold = 0.95
   c.pli.threshold_candidates = ()     # non-empty -> choose thr by cross-validation on labelled data
+  c.pli.cv_folds = 3                  # folds for that cross-validation
+  c.pli.target_accuracy = 0.95        # lowest candidate whose held-out accepted accuracy >= this
   c.pli.epsilon = 0.001               # stop when val macro-F1 gains <= epsilon
   c.pli.limit = 5                     # at most this many rounds after M0
   c.pli.resample = True               # class-inverse resampling of pseudo-labels
   c.pli.resample_cap = 4              # a pseudo-labelled flow is drawn at most this many times
+  c.pli.labeled_share = 0.5           # labelled rows repeated to be ~this share of a round's rows
+  c.pli.init = "pretrained"           # pretrained (CPT encoder, or scratch w/o CPT) | previous (M_t-1)
   c.pli.weights = "learnable"         # learnable | fixed
   c.pli.w_labeled = 1.0
   c.pli.w_pseudo = 0.5
@@ -136,5 +143,6 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
 
   c.report = ml_collections.ConfigDict()
   c.report.tsne_classes = ()          # () -> up to 10 largest classes
+  c.report.tsne_max_points = 2000     # stratified sample of test flows for the t-SNE picture
   c.report.pictures = True
   return c

@@ -1,0 +1,104 @@
+"""Host-side rules of pseudo-label iteration, checked against hand computations."""
+import numpy as np
+import pytest
+
+from input_pipeline import streams
+from pass_jax.trainers import pseudo_label
+
+
+def test_select_confident_keeps_rows_at_or_above_threshold():
+  probs = np.array([[0.96, 0.04], [0.50, 0.50], [0.05, 0.95], [0.94, 0.06]], np.float32)
+  idx, labels, conf = pseudo_label.select_confident(probs, 0.95)
+  np.testing.assert_array_equal(idx, [0, 2])           # 0.95 itself is accepted (>= thr)
+  np.testing.assert_array_equal(labels, [0, 1])
+  np.testing.assert_allclose(conf, [0.96, 0.95])
+
+
+def test_select_confident_on_empty_pool():
+  idx, labels, conf = pseudo_label.select_confident(np.zeros((0, 3)), 0.9)
+  assert idx.shape == labels.shape == conf.shape == (0,)
+
+
+def test_class_inverse_probabilities_by_hand():
+  # p = (0.5, 0.3, 0.2): 1/p = (2, 3.333, 5), sum 10.333 -> s = (0.1935, 0.3226, 0.4839).
+  labels = np.array([0] * 5 + [1] * 3 + [2] * 2)
+  s = streams.class_inverse_probs(labels, 4)
+  np.testing.assert_allclose(s, [2 / (31 / 3), (10 / 3) / (31 / 3), 5 / (31 / 3), 0.0],
+                             rtol=1e-6)
+
+
+def test_resampled_pseudo_labels_follow_class_inverse_shares():
+  # The labelled training data is 80% class 0, 20% class 1: s = (0.2, 0.8). The pseudo-labels
+  # are half and half; after resampling, class 1 should take about 80% of the rows.
+  pool = {"tokens": np.arange(1000 * 4, dtype=np.int32).reshape(1000, 4)}
+  idx = np.arange(1000)
+  labels = np.array([0] * 500 + [1] * 500)
+  rows = pseudo_label.pseudo_label_rows(pool, idx, labels, resample=True,
+                                        p_train=np.array([0.8, 0.2]), cap=4, seed=0)
+  assert len(rows["label"]) == 1000                     # one draw per accepted flow
+  share_1 = np.mean(rows["label"] == 1)
+  assert 0.76 < share_1 < 0.84
+  # Every row's tokens are the tokens of a pool flow with that pseudo-label.
+  src = rows["tokens"][:, 0] // 4
+  np.testing.assert_array_equal(labels[src], rows["label"])
+  assert np.all(rows["is_pseudo"] == 1.0) and np.all(rows["weight"] == 1.0)
+
+
+def test_resampling_cap_bounds_repeats():
+  pool = {"tokens": np.arange(110, dtype=np.int32).reshape(110, 1)}
+  labels = np.array([0] * 100 + [1] * 10)
+  rows = pseudo_label.pseudo_label_rows(pool, np.arange(110), labels, resample=True,
+                                        p_train=np.array([0.9, 0.1]), cap=3, seed=1)
+  counts = np.bincount(rows["tokens"][:, 0], minlength=110)
+  assert counts.max() <= 3
+  assert counts[100:].sum() == 30                       # the minority class is drawn to its cap
+
+
+def test_without_resampling_rows_are_the_accepted_flows():
+  pool = {"tokens": np.arange(6, dtype=np.int32).reshape(6, 1)}
+  rows = pseudo_label.pseudo_label_rows(pool, np.array([1, 4]), np.array([2, 0]), resample=False,
+                                        p_train=np.array([0.5, 0.5, 0.0]), cap=4, seed=0)
+  np.testing.assert_array_equal(rows["tokens"][:, 0], [1, 4])
+  np.testing.assert_array_equal(rows["label"], [2, 0])
+
+
+@pytest.mark.parametrize("best,new,eps,stop", [(0.80, 0.80, 0.001, True),
+                                               (0.80, 0.8005, 0.001, True),
+                                               (0.80, 0.802, 0.001, False),
+                                               (0.80, 0.70, 0.0, True)])
+def test_stop_rule(best, new, eps, stop):
+  assert pseudo_label.gain_too_small(best, new, eps) is stop
+
+
+def test_best_round_never_loses_to_m0():
+  assert pseudo_label.best_round([{"val_macro_f1": 0.7}, {"val_macro_f1": 0.6}]) == 0
+  assert pseudo_label.best_round([{"val_macro_f1": 0.7}, {"val_macro_f1": 0.7}]) == 0  # tie: M0
+  assert pseudo_label.best_round([{"val_macro_f1": 0.7}, {"val_macro_f1": 0.75},
+                                  {"val_macro_f1": 0.74}]) == 1
+
+
+def test_round_record_measures_pseudo_label_accuracy_on_hidden_labels():
+  pool = {"tokens": np.zeros((5, 2), np.int32), "hidden_label": np.array([0, 1, 1, -1, 2])}
+  idx = np.array([0, 1, 3, 4])
+  labels = np.array([0, 0, 1, 2])
+  rec = pseudo_label.round_record(
+      1, pool=pool, idx=idx, labels=labels, rows={"label": labels},
+      class_names=["a", "b", "c"], history={"best": {"val_macro_f1": 0.5, "step": 3},
+                                            "pli_round1": [{"w_labeled": 1.0, "w_pseudo": 0.4}]},
+      stage="pli_round1", seconds=1.0, threshold=0.9)
+  # Rows 0, 1, 4 have hidden labels (0, 1, 2) vs pseudo (0, 0, 2): 2 of 3 right.
+  assert rec["pseudo_label_accuracy"] == pytest.approx(2 / 3)
+  assert rec["pseudo_label_accuracy_n"] == 3
+  assert rec["accepted"] == 4 and rec["accepted_fraction"] == pytest.approx(0.8)
+  assert rec["accepted_per_class"] == {"a": 2, "b": 1, "c": 1}
+  assert rec["w_pseudo"] == pytest.approx(0.4)
+
+
+def test_labelled_rows_are_repeated_to_their_share():
+  train = {"tokens": np.arange(20, dtype=np.int32).reshape(10, 2),
+           "label": np.array([0, 1, -1, 0, 1, -1, 0, 1, 0, 1])}   # 8 labelled, 2 not
+  out = pseudo_label.balance_labelled(train, num_pseudo=80, labeled_share=0.5)
+  assert len(out["label"]) == 80 and np.all(out["label"] >= 0)   # 10 copies of the 8 labelled
+  np.testing.assert_array_equal(out["tokens"][:8], train["tokens"][train["label"] >= 0])
+  assert len(pseudo_label.balance_labelled(train, 80, 0.0)["label"]) == 8
+  assert len(pseudo_label.balance_labelled(train, 2, 0.5)["label"]) == 8  # never fewer than once
