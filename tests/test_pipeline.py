@@ -78,8 +78,10 @@ def test_evaluate_alone_on_validation(finished_run):
   assert proc.returncode == 0, proc.stderr[-2000:]
   metrics = json.loads((finished_run / "eval" / "validation_metrics.json").read_text())
   splits = json.loads((finished_run / "report.json").read_text())["splits"]
-  assert sum(metrics["support"] if isinstance(metrics["support"], list) else
-             [c["support"] for c in metrics["per_class"].values()]) == splits["validation"]
+  # Every validation flow counted exactly once, and the report now describes that split.
+  assert sum(metrics["per_class"]["support"]) == metrics["num_examples"] == splits["validation"]
+  report = json.loads((finished_run / "report.json").read_text())
+  assert report["test"]["macro_f1"] == pytest.approx(metrics["macro_f1"])
 
 
 def test_workdir_of_another_variant_is_refused(finished_run):

@@ -95,8 +95,8 @@ def _pickled_capture_flows(folder, capture):
 
 def test_beam_build_matches_local_build(tmp_path):
   pytest.importorskip(
-      "apache_beam", reason="apache-beam is not installed in this venv; it lives in "
-      ".venv-beam: run `.venv-beam/bin/python -m pytest tests/test_tfds_build.py`")
+      "apache_beam", reason="apache-beam is not installed: it comes with the `test` "
+      "(and `beam`) extra, `pip install -e '.[test]'`")
   flows = _flows(seed=1)
   by_capture = {}
   for f in flows:
