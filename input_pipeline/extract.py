@@ -113,7 +113,25 @@ def extract_dataset(root: str, *, labels_csv: Optional[str] = None,
   cfg = flow_cfg or flows_lib.FlowConfig()
   plan = labels_lib.plan_dataset(root, labels_csv)
   results = _read_all(plan.captures, cfg, workers, progress)
+  return label_and_filter(plan, results, root=root, flow_cfg=cfg,
+                          min_payload_bytes=min_payload_bytes, tls_only=tls_only,
+                          min_flows_per_class=min_flows_per_class, workers=workers, start=start)
 
+
+def label_and_filter(plan: labels_lib.DatasetPlan, results: list, *, root: str,
+                     flow_cfg: flows_lib.FlowConfig, min_payload_bytes: int = 1,
+                     tls_only: bool = False, min_flows_per_class: int = 10, workers: int = 0,
+                     start: Optional[float] = None) -> tuple[list[records.FlowRecord], dict]:
+  """The second half of `extract_dataset`, on captures already read.
+
+  `results[i]` is `(flows, stats dict)` of `plan.captures[i]`, as `_read_capture` returns them;
+  whoever read them (local worker processes, or the hosts of a multi-process run, see
+  shard_extract.py), the flows and the report come out the same. `start` (perf_counter) is when
+  the extraction began, for the report's `seconds`.
+  """
+  if len(results) != len(plan.captures):
+    raise ValueError(f"{len(results)} read results for {len(plan.captures)} captures")
+  start = time.perf_counter() if start is None else start
   totals = collections.Counter()
   files_failed = list(plan.failed)
   all_flows: list[records.FlowRecord] = []
@@ -169,7 +187,7 @@ def extract_dataset(root: str, *, labels_csv: Optional[str] = None,
                      "unmatched_examples": unmatched[:MAX_EXAMPLES]},
       "settings": {"min_payload_bytes": min_payload_bytes, "tls_only": tls_only,
                    "min_flows_per_class": min_flows_per_class, "workers": workers,
-                   "flow_config": dataclasses.asdict(cfg)},
+                   "flow_config": dataclasses.asdict(flow_cfg)},
       "seconds": round(time.perf_counter() - start, 3),
   }
   return kept, report

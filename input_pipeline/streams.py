@@ -3,9 +3,11 @@
 Every stream works on in-memory numpy arrays (the dataset dict of a split):
 rows are selected by index, the indices are shuffled/batched in tf.data, and
 one gather per batch pulls the rows, so cost per flow stays tiny. Each JAX
-process reads a disjoint part of the data and yields its local share of the
-global batch; `process_index` / `process_count` default to jax's values,
-looked up lazily so this module never imports jax otherwise.
+process yields its local share of the global batch, and the global batches do
+not depend on the number of processes (training streams shuffle globally and
+each process slices; eval streams give each process a block of the split).
+`process_index` / `process_count` default to jax's values, looked up lazily
+so this module never imports jax otherwise.
 
 Also here: the host-side sampler of Alg. 1 triples for contrastive
 pre-training and the class-inverse resampling used by pseudo-labelling.
@@ -55,6 +57,17 @@ def classify_columns(data: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
   }
 
 
+def _process_slice(pi: int, local: int):
+  """global batch of indices -> this process's consecutive `local` of them.
+
+  Every process draws the same global batches (same seed) and keeps its slice, so the batch the
+  mesh sees (process slices concatenated in process order) is the same for any number of
+  processes: a multi-host run trains on exactly what a single-process run with as many devices
+  trains on. Each process still gathers only its own rows.
+  """
+  return lambda idx: idx[pi * local:(pi + 1) * local]
+
+
 def train_stream(data: Mapping[str, np.ndarray], *, global_batch: int, seed: int = 0,
                  shuffle_buffer: int = 20_000, prefetch: int = 2,
                  sample_weights: np.ndarray | None = None, repeat: bool = True,
@@ -62,37 +75,37 @@ def train_stream(data: Mapping[str, np.ndarray], *, global_batch: int, seed: int
                  ) -> Iterator[Batch]:
   """Shuffled, repeated classify batches {tokens, label, weight, is_pseudo}.
 
-  Process p owns rows p, p + P, p + 2P, ...; batches drop the remainder.
+  Rows are shuffled and batched globally (the same on every process; batches drop the
+  remainder) and process p takes rows [p * local, (p + 1) * local) of each global batch.
   `sample_weights` (float[N], the hook for imbalance baselines) switches from
   shuffled epochs to sampling rows with replacement in proportion to them,
   drawn on the host with a seeded numpy generator.
   """
   pi, pc = _process(process_index, process_count)
   local = _local_batch(global_batch, pc)
-  rows = np.arange(pi, len(data["tokens"]), pc)
-  columns = {k: v[rows] for k, v in classify_columns(data).items()}
-  if len(rows) < local and sample_weights is None:
-    raise ValueError(f"process {pi} holds {len(rows)} rows, fewer than one batch of {local}")
+  n = len(data["tokens"])
+  columns = classify_columns(data)
+  if n < global_batch and sample_weights is None:
+    raise ValueError(f"{n} rows are fewer than one global batch of {global_batch}")
   if sample_weights is None:
-    idx = tf.data.Dataset.range(len(rows))
-    idx = idx.shuffle(min(shuffle_buffer, len(rows)) or 1, seed=seed + 7919 * pi,
-                      reshuffle_each_iteration=True)
+    idx = tf.data.Dataset.range(n)
+    idx = idx.shuffle(min(shuffle_buffer, n) or 1, seed=seed, reshuffle_each_iteration=True)
     if repeat:
       idx = idx.repeat()
-    idx = idx.batch(local, drop_remainder=True)
+    idx = idx.batch(global_batch, drop_remainder=True).map(_process_slice(pi, local))
   else:
-    weights = np.asarray(sample_weights, np.float64)[rows]
+    weights = np.asarray(sample_weights, np.float64)
     if weights.sum() <= 0:
-      raise ValueError("sample_weights sum to zero on this process")
+      raise ValueError("sample_weights sum to zero")
     cdf = np.cumsum(weights / weights.sum())
-    batches_per_epoch = max(1, len(rows) // local)
+    batches_per_epoch = max(1, n // global_batch)
 
     def draws():   # an epoch of draws at a time: one searchsorted, not one per batch
-      rng = np.random.default_rng([seed, pi])
+      rng = np.random.default_rng([seed, 0])
       while True:
-        u = rng.random(batches_per_epoch * local) * cdf[-1]
-        picks = np.minimum(np.searchsorted(cdf, u, side="right"), len(rows) - 1)
-        yield from picks.reshape(batches_per_epoch, local)
+        u = rng.random(batches_per_epoch * global_batch) * cdf[-1]
+        picks = np.minimum(np.searchsorted(cdf, u, side="right"), n - 1)
+        yield from picks.reshape(batches_per_epoch, global_batch)[:, pi * local:(pi + 1) * local]
         if not repeat:
           return
     idx = tf.data.Dataset.from_generator(
@@ -222,14 +235,14 @@ def triple_stream(data: Mapping[str, np.ndarray], triples: Mapping[str, np.ndarr
                   prefetch: int = 2, repeat: bool = True,
                   process_index: int | None = None, process_count: int | None = None
                   ) -> Iterator[Batch]:
-  """Batches {x, y, strong, label} of the triples, each process a disjoint share."""
+  """Batches {x, y, strong, label} of the triples, each process its slice of a global batch."""
   pi, pc = _process(process_index, process_count)
   local = _local_batch(global_batch, pc)
-  mine = np.arange(pi, len(triples["anchor"]), pc)
-  if len(mine) < local:
-    raise ValueError(f"process {pi} holds {len(mine)} triples, fewer than one batch of {local}")
-  columns = {"anchor": triples["anchor"][mine], "negative": triples["negative"][mine],
-             "strong": np.asarray(triples["strong"], np.float32)[mine]}
+  n = len(triples["anchor"])
+  if n < global_batch:
+    raise ValueError(f"{n} triples are fewer than one global batch of {global_batch}")
+  columns = {"anchor": triples["anchor"], "negative": triples["negative"],
+             "strong": np.asarray(triples["strong"], np.float32)}
   tokens = tf.constant(np.asarray(data["tokens"], np.int32))
   labels = tf.constant(np.asarray(data["label"], np.int32))
   pick = _gather_fn(columns)
@@ -238,11 +251,12 @@ def triple_stream(data: Mapping[str, np.ndarray], triples: Mapping[str, np.ndarr
     t = pick(idx)
     return {"x": tf.gather(tokens, t["anchor"]), "y": tf.gather(tokens, t["negative"]),
             "strong": t["strong"], "label": tf.gather(labels, t["anchor"])}
-  idx = tf.data.Dataset.range(len(mine)).shuffle(
-      min(shuffle_buffer, len(mine)), seed=seed + 7919 * pi, reshuffle_each_iteration=True)
+  idx = tf.data.Dataset.range(n).shuffle(min(shuffle_buffer, n), seed=seed,
+                                         reshuffle_each_iteration=True)
   if repeat:
     idx = idx.repeat()
-  ds = idx.batch(local, drop_remainder=True).map(to_batch, num_parallel_calls=tf.data.AUTOTUNE)
+  idx = idx.batch(global_batch, drop_remainder=True).map(_process_slice(pi, local))
+  ds = idx.map(to_batch, num_parallel_calls=tf.data.AUTOTUNE)
   return ds.prefetch(prefetch).as_numpy_iterator()
 
 

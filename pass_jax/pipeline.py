@@ -59,12 +59,33 @@ def _sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
+_ERROR_BYTES = 2048
+
+
+def _gather_errors(error: str) -> list[str]:
+  """Every process's error message ('' for none), on every process; also a barrier.
+
+  A process that fails alone while the others wait at the next collective would hang the job (or
+  leave it to a launcher to kill): sharing the outcome lets every process stop with the reason.
+  """
+  if jax.process_count() == 1:
+    return [error] if error else []
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  raw = error.encode()[:_ERROR_BYTES].ljust(_ERROR_BYTES, b"\0")
+  got = multihost_utils.process_allgather(np.frombuffer(raw, np.uint8))
+  msgs = [bytes(np.asarray(row, np.uint8)).rstrip(b"\0").decode(errors="replace")
+          for row in np.asarray(got).reshape(jax.process_count(), _ERROR_BYTES)]
+  return [m for m in msgs if m]
+
+
 def check_workdir(config, workdir: str) -> None:
   """Refuses a workdir that holds another run's data or checkpoints, before any work starts."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise PipelineError(f"--workdir {workdir} exists and is not a directory")
   saved_path = os.path.join(workdir, "config.json")
-  if not os.path.isdir(workdir) or not os.listdir(workdir):
+  # logs/ alone is what launch/local_multiprocess.sh creates before the processes start.
+  if not os.path.isdir(workdir) or not set(os.listdir(workdir)) - {"logs"}:
     return
   if not os.path.isfile(saved_path):
     known = {"config.json", "data", "demo_data", "pretrain", "finetune", "pli", "tb", "eval"}
@@ -98,19 +119,56 @@ def stage_build(config, workdir: str) -> dict[str, Any]:
                                    max_flows_per_class=demo.max_flows_per_class,
                                    imbalance=demo.imbalance, seed=demo.seed)
       open(os.path.join(root, "DONE"), "w").close()
+    _sync("demo_data")  # every process reads its share of these captures next
   elif not os.path.exists(root):
     raise PipelineError(f"data root not found: {root} (config.data.root)")
   out_dir = os.path.join(workdir, "data")
   if jax.process_index() == 0:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     tfds.disable_progress_bar()  # carriage-return bars garble logs; our summary follows
+  if jax.process_count() > 1:
+    result = _build_sharded(config, root, out_dir)
+  else:
     try:
       result = build_lib.build_dataset(config.data, root, out_dir, workers=config.data.workers)
     except (build_lib.BuildError, FileNotFoundError, ValueError) as e:
       raise PipelineError(f"building the dataset from {root} failed: {e}") from e
+  if result is not None:
     _log(config, result.summary())
   _sync("build")
   return {"root": os.path.abspath(root), "data_dir": out_dir}
+
+
+def _build_sharded(config, root: str, out_dir: str):
+  """Multi-process build: each process reads its share of the captures, process 0 merges.
+
+  See input_pipeline/shard_extract.py. The result (process 0; None elsewhere) is the dataset a
+  single-process build writes. A failure on any process stops all of them with its reason.
+  """
+  from input_pipeline import shard_extract  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  pi, pc = jax.process_index(), jax.process_count()
+  error = ""
+  try:
+    plan = shard_extract.plan(config.data, root)
+    shard_extract.read_share(config.data, plan, os.path.join(out_dir, "parts"), process_index=pi,
+                             process_count=pc, workers=config.data.workers)
+  except (FileNotFoundError, ValueError, OSError) as e:  # LabelsError is a ValueError
+    error = f"process {pi}: {e}"
+  errors = _gather_errors(error)  # also the barrier: every part is on disk after it
+  if errors:
+    raise PipelineError(f"reading the captures under {root} failed: {'; '.join(errors)}")
+  result = None
+  if pi == 0:
+    try:
+      result = shard_extract.build_from_shares(config.data, root, out_dir, process_count=pc,
+                                               workers=config.data.workers, start=start)
+    except (ValueError, FileNotFoundError, OSError) as e:  # BuildError is a ValueError
+      error = str(e)
+  errors = _gather_errors(error)
+  if errors:
+    raise PipelineError(f"building the dataset from {root} failed: {'; '.join(errors)}")
+  return result
 
 
 def stage_pretrain(config, workdir: str, data) -> dict[str, Any]:
@@ -156,6 +214,11 @@ def run(config, workdir: str) -> None:
   from pass_jax.trainers import evaluate  # pylint: disable=g-import-not-at-top
   workdir = os.path.abspath(workdir)
   check_workdir(config, workdir)
+  # Which stages are finished is decided once, before anything is written: a process that looked
+  # later could find a marker process 0 wrote in this very run, skip that stage and miss its
+  # collectives.
+  finished = {s for s in STAGE_ORDER if os.path.isfile(_marker(workdir, s))}
+  _sync("start")  # and process 0 writes config.json only after every process has checked W
   os.makedirs(workdir, exist_ok=True)
   _write_json(os.path.join(workdir, "config.json"), checkpoint.config_to_dict(config))
   wanted = STAGE_ORDER if config.stage == "all" else (
@@ -176,7 +239,7 @@ def run(config, workdir: str) -> None:
         raise PipelineError(f"stage {stage} needs the dataset in {data_dir}: run the build "
                             "stage first (config.stage=build or all)")
       data = evaluate.Data.from_dir(data_dir)
-    done = os.path.isfile(_marker(workdir, stage))
+    done = stage in finished
     if stage not in wanted:
       continue
     # A stage run alone is always re-run (e.g. evaluate on another split); in `all` mode,

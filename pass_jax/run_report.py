@@ -52,6 +52,9 @@ def evaluate_and_report(config, workdir: str, data: evaluate.Data,
     from pass_jax.pipeline import PipelineError  # pylint: disable=g-import-not-at-top
     raise PipelineError(f"no trained model in {ckpt_dir}: run the finetune stage first")
   metrics = evaluate.run_evaluate(config, workdir, data, split=split, ckpt_dir=ckpt_dir)
+  # On every process: opening an Orbax CheckpointManager is a collective (it syncs the processes
+  # when it creates its directory), so process 0 alone would wait for peers that never come.
+  history = collect_history(workdir)
   preds = np.load(os.path.join(workdir, "eval", f"{split}_predictions.npz")) if (
       jax.process_index() == 0) else None
   if jax.process_index() != 0:
@@ -72,7 +75,7 @@ def evaluate_and_report(config, workdir: str, data: evaluate.Data,
       class_names=data.class_names,
       train_class_counts=np.bincount(train_labels[train_labels >= 0],
                                      minlength=data.num_classes).tolist(),
-      history=collect_history(workdir),
+      history=history,
       pli_rounds=pli_state.get("rounds", []),
       tsne={"embeddings": preds["embedding"][known], "labels": labels[known]})
   if not config.quiet:
