@@ -92,6 +92,17 @@ def test_round_record_measures_pseudo_label_accuracy_on_hidden_labels():
   assert rec["accepted"] == 4 and rec["accepted_fraction"] == pytest.approx(0.8)
   assert rec["accepted_per_class"] == {"a": 2, "b": 1, "c": 1}
   assert rec["w_pseudo"] == pytest.approx(0.4)
+  # Per pseudo-label class: a holds rows 0 (right) and 1 (wrong), b only row 3 (no hidden label),
+  # c row 4 (right).
+  assert rec["pseudo_label_accuracy_per_class"] == {"a": pytest.approx(0.5), "b": None, "c": 1.0}
+
+
+@pytest.mark.parametrize("total,eval_every,spe,looks", [(200, 0, 1, 200), (200, 0, 56, 4),
+                                                        (150, 4, 2, 38), (10, 0, 20, 1)])
+def test_m0_validation_looks(total, eval_every, spe, looks):
+  meta = {"total_steps": total, "config": {"eval_every": eval_every},
+          "data": {"steps_per_epoch": spe}}
+  assert pseudo_label.m0_validation_looks(meta) == looks
 
 
 def test_labelled_rows_are_repeated_to_their_share():

@@ -69,9 +69,13 @@ def train_classifier(config, *, train_arrays: Arrays, val_arrays: Arrays, workdi
                      mesh, num_classes: int, vocab_size: int,
                      init_encoder_params=None, extra_arrays: Arrays | None = None,
                      stage: str = "finetune", seed: int | None = None,
-                     vocab_ref: dict | None = None, tb_dir: str | None = None
-                     ) -> tuple[Any, dict[str, Any]]:
+                     vocab_ref: dict | None = None, tb_dir: str | None = None,
+                     num_evals: int | None = None) -> tuple[Any, dict[str, Any]]:
   """Trains encoder + classifier, resuming from S/ckpt when it holds a checkpoint.
+
+  Validation runs every config.eval_every steps (0: once per epoch) and at the last step, or,
+  when `num_evals` is given, about that many times evenly spaced: PLI rounds pass M0's count so
+  that every model compared on validation was picked as the best of as many looks.
 
   Returns (best_state, history): the state with the best validation macro-F1 (the final state
   when there are no validation rows), and {stage: [train scalars], f'{stage}_eval': [val
@@ -88,6 +92,8 @@ def train_classifier(config, *, train_arrays: Arrays, val_arrays: Arrays, workdi
   steps_per_epoch, total_steps = steps_for(fc, len(cols["label"]), fc.batch_size,
                                            jax.process_count())
   eval_every = config.eval_every or steps_per_epoch
+  if num_evals:
+    eval_every = max(1, total_steps // int(num_evals))
   has_val = len(val_arrays["tokens"]) > 0
 
   # --- Model and steps.

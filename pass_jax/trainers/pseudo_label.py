@@ -4,9 +4,10 @@ Round 0 is M0 (the `finetune` stage). Round t: M_{t-1} predicts the whole unlabe
 over every device and process, each pool flow exactly once); flows whose top-class confidence is
 >= thr get that class; pseudo-labelled flows are resampled class-inverse (minority classes drawn
 more); M_t is trained on labelled + pseudo-labelled rows (loss weights w1/w2, fixed or learnable,
-see losses.py). Stop when validation macro-F1 gains <= epsilon over the best so far, or after
-`limit` rounds. The model kept is the best round on validation; M0 wins ties, so PLI never
-returns a model that lost to M0.
+see losses.py), starting from M_{t-1}'s encoder (or the CPT encoder, `pli.init`) and validated as
+many times as M0 was (m0_validation_looks). Stop when validation macro-F1 gains <= epsilon over
+the best so far, or after `limit` rounds. The model kept is the best round on validation; M0 wins
+ties, so PLI never returns a model that lost to M0.
 
 Progress lives in W/pli/state.json (written after each finished round); each round's training
 resumes from its own checkpoints in W/pli/round_<t>/, so a run killed mid-loop continues at the
@@ -101,12 +102,32 @@ def round_record(t: int, *, pool: Arrays, idx: np.ndarray, labels: np.ndarray, r
   if known.any():  # the pool came from hidden training labels: how good are the pseudo-labels?
     rec["pseudo_label_accuracy"] = float(np.mean(hidden[known] == labels[known]))
     rec["pseudo_label_accuracy_n"] = int(known.sum())
+    # Per pseudo-label class (the precision of the rows a class gets): errors concentrate in the
+    # minority classes, which class-inverse resampling then draws most often, so the overall
+    # figure hides what hurts. None where no accepted flow of that class has a hidden label.
+    right = hidden[known] == labels[known]
+    rec["pseudo_label_accuracy_per_class"] = {
+        name: (float(right[labels[known] == c].mean()) if np.any(labels[known] == c) else None)
+        for c, name in enumerate(class_names)}
   last = history.get(stage, [])
   if last:
     for key in ("w_labeled", "w_pseudo"):
       if key in last[-1]:
         rec[key] = float(last[-1][key])
   return rec
+
+
+def m0_validation_looks(meta: Mapping[str, Any]) -> int:
+  """How many times M0 was evaluated on validation (its best is the max of that many scores).
+
+  From the metadata of W/finetune/best: M0 evaluated every `eval_every` steps (0: once per epoch)
+  and at its last step. Rounds are evaluated as many times, evenly spaced: the best of 200 noisy
+  looks (M0 on 41 labels is one step per epoch) beats the best of 4 (a round's epoch is ~60 steps)
+  by chance alone, and the stop rule would then reject every round.
+  """
+  total = int(meta["total_steps"])
+  every = int(meta["config"].get("eval_every") or 0) or int(meta["data"]["steps_per_epoch"])
+  return max(1, total // every + (1 if total % every else 0))
 
 
 # ----------------------------------------------------------------------------- threshold choice
@@ -190,10 +211,12 @@ def run_pseudo_label(config, workdir: str, data: "evaluate.Data | str", *, mesh=
         config, os.path.join(workdir, "pretrain", "ckpt"), mesh=mesh,
         vocab_size=data.vocab_size, seq_len=data.seq_len)
 
+  if not saved or "m0_val_looks" not in saved:
+    with checkpoint.Checkpointer(os.path.join(workdir, "finetune", "best")) as best_ckpt:
+      m0_meta = best_ckpt.restore_meta()
+    m0_history = m0_history or {"best": m0_meta["best"]}
+    looks = m0_validation_looks(m0_meta)
   if not saved:
-    if m0_history is None:
-      with checkpoint.Checkpointer(os.path.join(workdir, "finetune", "best")) as best_ckpt:
-        m0_history = {"best": best_ckpt.restore_meta()["best"]}
     thr = float(pc.threshold)
     if pc.threshold_candidates:
       thr = choose_threshold(config, data, workdir, mesh=mesh, encoder_params=encoder_params)
@@ -201,6 +224,8 @@ def run_pseudo_label(config, workdir: str, data: "evaluate.Data | str", *, mesh=
     saved = {"threshold": thr, "rounds": [{"round": 0, "val_macro_f1":
                                            float(m0_history["best"]["val_macro_f1"])}],
              "best_round": 0, "done": False, "stop_reason": None}
+  if "m0_val_looks" not in saved:
+    saved["m0_val_looks"] = looks
     _write_json(state_path, saved)
   thr = float(saved["threshold"])
 
@@ -228,7 +253,8 @@ def run_pseudo_label(config, workdir: str, data: "evaluate.Data | str", *, mesh=
         config, train_arrays=round_train, val_arrays=val, workdir_stage=_round_dir(workdir, t),
         mesh=mesh, num_classes=data.num_classes, vocab_size=data.vocab_size,
         init_encoder_params=init, extra_arrays=rows, stage=stage, seed=config.seed + t,
-        vocab_ref=data.vocab_ref, tb_dir=os.path.join(workdir, "tb", stage))
+        vocab_ref=data.vocab_ref, tb_dir=os.path.join(workdir, "tb", stage),
+        num_evals=saved["m0_val_looks"])
     rec = round_record(t, pool=pool, idx=idx, labels=labels, rows=rows,
                        class_names=data.class_names, history=history, stage=stage,
                        seconds=time.time() - start, threshold=thr)
