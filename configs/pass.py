@@ -104,6 +104,7 @@ def get_config(arg: str = "tiny") -> ml_collections.ConfigDict:
   c.finetune.batch_size = 32 if tiny else 64
   c.finetune.epochs = 15.0 if tiny else 10.0
   c.finetune.steps = 0
+  c.finetune.min_steps = 200 if tiny else 0  # floor on epoch-based durations (few labels)
   c.finetune.lr = 1e-3 if tiny else 5e-5
   c.finetune.loss = "ce"              # ce | focal
   c.finetune.focal_gamma = 2.0

@@ -125,6 +125,7 @@ def validate(config) -> None:
   need(p.weak_fraction < 0 or 0.0 <= p.weak_fraction <= 1.0, "pretrain.weak_fraction",
        "must be < 0 (the paper's uniform draw) or a share in [0, 1]")
   positive("finetune.focal_gamma", zero_ok=True)
+  positive("finetune.min_steps", zero_ok=True)
 
   q = config.pli
   rng("pli.threshold", 0.0, 1.0, lo_open=True)

@@ -18,7 +18,7 @@ from tests.conftest import PROJECT_ROOT
 TINY_FLAGS = (
     "--config.data.demo.num_classes=3", "--config.data.demo.max_flows_per_class=40",
     "--config.data.demo.imbalance=4", "--config.data.min_flows_per_class=4",
-    "--config.pretrain.num_triples=64", "--config.finetune.epochs=2",
+    "--config.pretrain.num_triples=64", "--config.finetune.epochs=2", "--config.finetune.min_steps=0",
     # RUS cuts every class to the rarest one's ~8 flows: the batch must fit what is left.
     "--config.finetune.batch_size=8", "--config.pli.limit=1", "--config.report.pictures=False",
 )

@@ -44,7 +44,7 @@ FLAGS = (
     "--config.data.demo.imbalance=2", "--config.data.label_fraction=0.5",
     "--config.data.min_flows_per_class=4", "--config.data.workers=1",
     "--config.pretrain.num_triples=128", "--config.pretrain.batch_size=16",
-    "--config.finetune.batch_size=16", "--config.finetune.epochs=4",
+    "--config.finetune.batch_size=16", "--config.finetune.epochs=4", "--config.finetune.min_steps=0",
     "--config.pli.limit=1", "--config.pli.threshold=0.6",
     "--config.report.tsne_max_points=100",
 )

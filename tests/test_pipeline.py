@@ -20,7 +20,7 @@ TINY_FLAGS = (
     "--config.data.demo.num_classes=4", "--config.data.demo.max_flows_per_class=80",
     "--config.data.demo.imbalance=4", "--config.data.label_fraction=0.5",
     "--config.data.min_flows_per_class=4",
-    "--config.pretrain.num_triples=256", "--config.finetune.epochs=4",
+    "--config.pretrain.num_triples=256", "--config.finetune.epochs=4", "--config.finetune.min_steps=0",
     "--config.pli.limit=1", "--config.pli.threshold=0.5", "--config.checkpoint_every=20",
     "--config.report.tsne_max_points=200",
 )

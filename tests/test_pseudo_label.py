@@ -113,3 +113,15 @@ def test_labelled_rows_are_repeated_to_their_share():
   np.testing.assert_array_equal(out["tokens"][:8], train["tokens"][train["label"] >= 0])
   assert len(pseudo_label.balance_labelled(train, 80, 0.0)["label"]) == 8
   assert len(pseudo_label.balance_labelled(train, 2, 0.5)["label"]) == 8  # never fewer than once
+
+
+def test_min_steps_floors_epoch_durations_only():
+  import ml_collections
+  from pass_jax.trainers import finetune
+  stage = ml_collections.ConfigDict({"epochs": 15.0, "steps": 0, "min_steps": 200})
+  # 70 labelled flows, batch 32: 2 steps an epoch, 30 in 15 epochs -> floored to 200.
+  assert finetune.steps_for(stage, 70, 32, 1) == (2, 200)
+  stage.steps = 50                                          # explicit steps are taken as given
+  assert finetune.steps_for(stage, 70, 32, 1) == (2, 50)
+  stage.steps, stage.min_steps = 0, 10
+  assert finetune.steps_for(stage, 700, 32, 1) == (21, 315)  # already above the floor

@@ -31,6 +31,7 @@ def tiny_config():
   c.model.num_layers, c.model.d_model, c.model.ffn_dim = 1, 32, 64
   c.pretrain.num_triples, c.pretrain.batch_size, c.pretrain.lr = 256, 32, 3e-3
   c.finetune.batch_size, c.finetune.epochs, c.finetune.lr = 32, 12.0, 3e-3
+  c.finetune.min_steps = 0
   c.log_every, c.checkpoint_every, c.keep_checkpoints = 8, 8, 2
   c.quiet = True
   return c

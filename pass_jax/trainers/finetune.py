@@ -53,8 +53,10 @@ def training_columns(config, train_arrays: Arrays, extra_arrays: Arrays | None, 
 def steps_for(stage_cfg, num_rows: int, global_batch: int, num_processes: int) -> tuple[int, int]:
   """(steps_per_epoch, total_steps): epochs (float) unless stage_cfg.steps > 0.
 
-  An epoch is what the process with the fewest rows can batch without repeats, so every process
-  runs the same number of steps.
+  An epoch is as many global batches as the rows fill without repeats (the streams cut every
+  global batch across processes, so every process runs the same number of steps). With few
+  labels an epoch is a handful of steps, so `min_steps` (when the stage has it) sets a floor:
+  10% of a small dataset's labels would otherwise give M0 some 30 updates.
   """
   local = global_batch // num_processes
   steps_per_epoch = (num_rows // num_processes) // local
@@ -62,6 +64,8 @@ def steps_for(stage_cfg, num_rows: int, global_batch: int, num_processes: int) -
     raise ValueError(f"{num_rows} training rows do not fill one global batch of {global_batch}")
   total = stage_cfg.steps if stage_cfg.steps > 0 else max(1, math.ceil(stage_cfg.epochs *
                                                                        steps_per_epoch))
+  if stage_cfg.steps <= 0:
+    total = max(total, int(stage_cfg.get("min_steps", 0)))
   return steps_per_epoch, int(total)
 
 
