@@ -28,7 +28,6 @@ import argparse
 import collections
 import dataclasses
 import json
-import multiprocessing
 import os
 import sys
 import time
@@ -53,10 +52,6 @@ def _read_capture(task: tuple) -> tuple:
                        "flows": 0, "error": f"{name}: {type(e).__name__}: {e}"}
 
 
-def _mp_context():
-  """fork is fastest, but forking a process that runs JAX/TF threads can hang."""
-  risky = any(m in sys.modules for m in ("jax", "tensorflow"))
-  return multiprocessing.get_context("spawn" if risky else "fork")
 
 
 def _read_all(captures, cfg, workers: int, progress: Optional[Progress]) -> list:
@@ -69,7 +64,7 @@ def _read_all(captures, cfg, workers: int, progress: Optional[Progress]) -> list
     pool = None
   else:  # biggest files first so that no worker is left with a giant at the end
     tasks.sort(key=lambda t: -os.path.getsize(t[1]))
-    pool = _mp_context().Pool(workers)
+    pool = flows_lib.mp_context().Pool(workers)
     outputs = pool.imap_unordered(_read_capture, tasks)
   try:
     for done, (index, flows, stats) in enumerate(outputs, 1):

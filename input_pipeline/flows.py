@@ -24,6 +24,7 @@ import dataclasses
 import ipaddress
 import multiprocessing
 import os
+import sys
 import time
 from typing import Optional, Sequence
 
@@ -390,13 +391,20 @@ def _read_one(args):
   return read_flows(path, cfg, name)
 
 
+def mp_context():
+  """fork is fastest, but forking a process that runs JAX/TF threads can hang: spawn then."""
+  risky = any(m in sys.modules for m in ("jax", "tensorflow"))
+  return multiprocessing.get_context("spawn" if risky else "fork")
+
+
 def read_many(paths: Sequence, cfg: Optional[FlowConfig] = None, workers: int = 0,
               capture_names: Optional[Sequence[str]] = None):
   """`read_flows` over many files, in `workers` processes (0: os.cpu_count(); 1: this one).
 
   Returns [(flows, stats)] in the order of `paths`. Files go to workers largest
   first so one big capture does not end up last. Workers are spawned, not
-  forked, so a parent holding JAX / TF threads stays safe.
+  forked when the parent holds JAX / TF threads (forking those can hang), forked otherwise
+  (no interpreter start-up and imports per worker).
   """
   cfg = cfg or FlowConfig()
   names = list(capture_names) if capture_names is not None else [None] * len(paths)
@@ -407,7 +415,7 @@ def read_many(paths: Sequence, cfg: Optional[FlowConfig] = None, workers: int = 
   sizes = [os.path.getsize(j[0]) if os.path.isfile(j[0]) else 0 for j in jobs]
   order = sorted(range(len(jobs)), key=lambda i: -sizes[i])
   results = [None] * len(jobs)
-  with multiprocessing.get_context("spawn").Pool(workers) as pool:
+  with mp_context().Pool(workers) as pool:
     for i, res in zip(order, pool.imap(_read_one, [jobs[i] for i in order])):
       results[i] = res
   return results
