@@ -65,6 +65,16 @@ def test_pli_raises_validation_macro_f1_over_m0(finished_run):
     assert acc is None or 0.0 <= acc <= 1.0, name
   # Rounds are picked on validation as often as M0 was, so neither wins by more looks.
   assert saved["m0_val_looks"] >= 1
+  # The same round figures went to TensorBoard (W/tb/pli), one point per round.
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  points = {}
+  for event_file in (finished_run / "tb" / "pli").glob("events.out.tfevents.*"):
+    for event in tf.compat.v1.train.summary_iterator(str(event_file)):
+      for value in event.summary.value:
+        points[(value.tag, event.step)] = float(tf.make_ndarray(value.tensor))
+  assert points[("pli/accepted", 1)] == r1["accepted"]
+  assert points[("pli/val_macro_f1", 1)] == pytest.approx(r1["val_macro_f1"], abs=1e-6)
+  assert points[("pli/pool_size", 1)] == r1["pool_size"]
 
 
 def test_no_validation_or_test_flow_in_the_pool(finished_run):

@@ -125,3 +125,41 @@ def test_min_steps_floors_epoch_durations_only():
   assert finetune.steps_for(stage, 70, 32, 1) == (2, 50)
   stage.steps, stage.min_steps = 0, 10
   assert finetune.steps_for(stage, 700, 32, 1) == (21, 315)  # already above the floor
+
+
+def _toy_data(labels_N: np.ndarray, num_classes: int):
+  """Token rows whose RP tokens say the class (4 + label): learnable in a few steps."""
+  from pass_jax.trainers import evaluate
+  n = len(labels_N)
+  tokens = np.full((n, 12), 2, np.int32)
+  tokens[:, 1:11] = 4 + labels_N[:, None]
+  arrays = {"tokens": tokens, "label": labels_N.astype(np.int32)}
+  return evaluate.Data(num_classes=num_classes, vocab_size=4 + num_classes, seq_len=12,
+                       class_names=[f"c{i}" for i in range(num_classes)],
+                       splits={"train": arrays})
+
+
+def _cv_config(target: float):
+  import importlib
+  pass_config = importlib.import_module("configs.pass")  # `pass` is a keyword
+  c = pass_config.get_config("tiny")
+  c.finetune.steps, c.finetune.batch_size, c.finetune.lr = 30, 16, 3e-3
+  c.pli.threshold_candidates, c.pli.cv_folds, c.pli.target_accuracy = (0.5, 0.8, 0.99), 2, target
+  c.log_every, c.checkpoint_every, c.quiet = 10, 1000, True
+  return c
+
+
+def test_threshold_chosen_by_cross_validation(tmp_path):
+  from pass_jax import sharding
+  mesh = sharding.make_mesh()
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 2, size=96)
+  # Learnable labels: held-out predictions are right, so the lowest candidate already reaches
+  # the target accuracy.
+  thr = pseudo_label.choose_threshold(_cv_config(0.9), _toy_data(labels, 2), str(tmp_path / "a"),
+                                      mesh=mesh, encoder_params=None)
+  assert thr == 0.5
+  # A target no candidate can reach falls back to the strictest candidate.
+  thr = pseudo_label.choose_threshold(_cv_config(1.0 + 1e-9), _toy_data(labels, 2),
+                                      str(tmp_path / "b"), mesh=mesh, encoder_params=None)
+  assert thr == 0.99

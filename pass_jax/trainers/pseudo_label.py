@@ -261,6 +261,7 @@ def run_pseudo_label(config, workdir: str, data: "evaluate.Data | str", *, mesh=
     best_f1 = saved["rounds"][saved["best_round"]]["val_macro_f1"]
     saved["rounds"].append(rec)
     saved["best_round"] = best_round(saved["rounds"])
+    _write_round_scalars(workdir, rec)
     log(f"[pli] round {t}: accepted {rec['accepted']}/{rec['pool_size']} pool flows"
         f" (pseudo-label acc {rec['pseudo_label_accuracy']}), val macro-F1 "
         f"{rec['val_macro_f1']:.4f} (best so far {best_f1:.4f})")
@@ -270,6 +271,20 @@ def run_pseudo_label(config, workdir: str, data: "evaluate.Data | str", *, mesh=
   _write_json(state_path, saved)
   log(f"[pli] done: {saved['stop_reason']}; keeping round {saved['best_round']}")
   return saved
+
+
+def _write_round_scalars(workdir: str, rec: dict[str, Any]) -> None:
+  """One TensorBoard point per round (W/tb/pli), x = round: what the log line and state.json say."""
+  from pass_jax import logging_utils  # pylint: disable=g-import-not-at-top
+  scalars = {k: rec[k] for k in ("pool_size", "accepted", "accepted_fraction", "val_macro_f1",
+                                 "pseudo_label_accuracy", "w_labeled", "w_pseudo", "seconds")
+             if rec.get(k) is not None}
+  scalars.update({f"accepted_per_class/{name}": n
+                  for name, n in rec["accepted_per_class"].items()})
+  logger = logging_utils.MetricLogger(os.path.join(workdir, "tb", "pli"), stage="pli",
+                                      total_steps=rec["round"], quiet=True)
+  logger.write(rec["round"], scalars, prefix="pli")
+  logger.close()  # the console line is the loop's own `[pli] round t` line
 
 
 def _load_json(path: str) -> dict[str, Any] | None:
