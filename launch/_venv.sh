@@ -1,12 +1,22 @@
+# shellcheck shell=bash
 # Sourced by the launch scripts: create or reuse .venv in the checkout and install the project.
 # A stamp file keyed on pyproject.toml skips the install when nothing changed.
 set -euo pipefail
+# Leaves PY naming the interpreter to run: PASS_PYTHON as it is (no .venv, no install; it must
+# have the dependencies), else the .venv's python.
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-PY="${PYTHON:-python3}"
+export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+if [ -n "${PASS_PYTHON:-}" ]; then
+  # shellcheck disable=SC2034
+  PY="$PASS_PYTHON"
+  cd "$ROOT"
+  return 0
+fi
+BASE_PY="${PYTHON:-python3}"
 EXTRAS="${1:-}"
 if [ ! -x "$ROOT/.venv/bin/python" ]; then
   echo "[pass_jax] creating $ROOT/.venv" >&2
-  "$PY" -m venv "$ROOT/.venv"
+  "$BASE_PY" -m venv "$ROOT/.venv"
 fi
 STAMP="$ROOT/.venv/.pass_jax_installed${EXTRAS:+_$EXTRAS}"
 HASH="$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
@@ -21,5 +31,6 @@ export PATH="$ROOT/.venv/bin:$PATH"
 for lib in /usr/lib/x86_64-linux-gnu/libtcmalloc.so.4 /usr/lib/aarch64-linux-gnu/libtcmalloc.so.4; do
   if [ -f "$lib" ]; then export LD_PRELOAD="${LD_PRELOAD:+$LD_PRELOAD:}$lib"; break; fi
 done
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+# shellcheck disable=SC2034  # read by the scripts that source this file
+PY=python
 cd "$ROOT"

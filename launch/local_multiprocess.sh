@@ -32,14 +32,9 @@ if ! [[ "$NUM" =~ ^[1-9][0-9]*$ && "$DEVICES" =~ ^[1-9][0-9]*$ && "$TIMEOUT" =~ 
   exit 2
 fi
 
-if [ -n "${PASS_PYTHON:-}" ]; then
-  PY="$PASS_PYTHON"
-  cd "$(dirname "$0")/.."
-else
-  # shellcheck source=launch/_venv.sh
-  source "$(dirname "$0")/_venv.sh" ""
-  PY=python
-fi
+# PASS_PYTHON, when set, is used as it is; otherwise .venv is made or reused.
+# shellcheck source=launch/_venv.sh
+source "$(dirname "$0")/_venv.sh" ""
 PORT="${PASS_PORT:-$("$PY" -c 'import socket
 s = socket.socket(); s.bind(("localhost", 0)); print(s.getsockname()[1])')}"
 LOGS="$WORKDIR/logs"

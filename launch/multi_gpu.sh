@@ -19,14 +19,9 @@ if [ $# -gt 0 ]; then shift; fi
 WORKDIR="${1:-runs/$VARIANT}"
 if [ $# -gt 0 ]; then shift; fi
 
-if [ -n "${PASS_PYTHON:-}" ]; then
-  PY="$PASS_PYTHON"
-  cd "$(dirname "$0")/.."
-else
-  # shellcheck source=launch/_venv.sh
-  source "$(dirname "$0")/_venv.sh" gpu
-  PY=python
-fi
+# PASS_PYTHON, when set, is used as it is; otherwise .venv is made or reused.
+# shellcheck source=launch/_venv.sh
+source "$(dirname "$0")/_venv.sh" gpu
 # JAX preallocates 75% by default; the input pipeline lives on the host, so more is safe here.
 export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.90}"
 export NCCL_DEBUG="${NCCL_DEBUG:-WARN}"

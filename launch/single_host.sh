@@ -15,15 +15,9 @@ if [ $# -gt 0 ]; then shift; fi
 WORKDIR="${1:-runs/$VARIANT}"
 if [ $# -gt 0 ]; then shift; fi
 
-if [ -n "${PASS_PYTHON:-}" ]; then
-  PY="$PASS_PYTHON"
-  cd "$(dirname "$0")/.."
-else
-  # Pass the extras explicitly: a bare `source` would hand _venv.sh this script's arguments.
-  # shellcheck source=launch/_venv.sh
-  source "$(dirname "$0")/_venv.sh" "${PASS_EXTRAS:-}"
-  PY=python
-fi
+# PASS_PYTHON, when set, is used as it is; otherwise .venv is made or reused.
+# shellcheck source=launch/_venv.sh
+source "$(dirname "$0")/_venv.sh" "${PASS_EXTRAS:-}"
 if [ -n "${PASS_CPU_DEVICES:-}" ]; then
   export XLA_FLAGS="${XLA_FLAGS:-} --xla_force_host_platform_device_count=$PASS_CPU_DEVICES"
 fi
