@@ -207,7 +207,6 @@ class _FlowTable:
     return starts, seg_flows
 
   def _add_sorted(self, p, d, cols, gfirst):
-    cfg = self.cfg
     starts, seg_flows = self._split(p, d, cols, gfirst)
     mark = np.zeros(len(p), np.int64)
     mark[starts] = 1

@@ -12,6 +12,11 @@ import dataclasses
 from typing import Any, Mapping
 
 EXPERIMENTS = ("table3", "table4", "table5", "table6", "sensitivity")
+METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
+
+
+class ArmError(RuntimeError):
+  """An arm cannot run or its stored result cannot be used; the message says why."""
 
 # config.data fields that change the built dataset; an arm overriding one gets its own build.
 BUILD_FIELDS = ("features", "payload_bytes", "num_lengths", "length_kind", "count_empty_acks",
@@ -31,7 +36,8 @@ class Arm:
   overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   shallow: str = ""       # a baselines.shallow method -> a shallow arm
   features: str = ""      # its flat feature kind (baselines.features.KINDS)
-  smote: bool = False     # SMOTE-resample the flat training features first
+  smote: bool = False     # SMOTE-resample the training features (flat or embedded) first
+  embed_from: str = ""    # an embedding arm: refit a head on this finished arm's embeddings
 
   @property
   def is_shallow(self) -> bool:
@@ -45,7 +51,7 @@ class Arm:
   def to_json(self) -> dict[str, Any]:
     return {"name": self.name, "description": self.description,
             "overrides": dict(self.overrides), "shallow": self.shallow,
-            "features": self.features, "smote": self.smote}
+            "features": self.features, "smote": self.smote, "embed_from": self.embed_from}
 
 
 def _shallow(name: str, description: str, features: str = "", smote: bool = False) -> Arm:
@@ -85,9 +91,10 @@ def table4() -> list[Arm]:
 def table5() -> list[Arm]:
   """Imbalance remedies on the w/o PLI+CPT model (paper Table V).
 
-  The paper applies SMOTE to feature vectors; tokens have no geometry to interpolate in, so the
-  SMOTE arm is LightGBM on SMOTE-resampled flat features, next to plain LightGBM on the same
-  features as its reference.
+  The paper applies SMOTE to feature vectors; tokens have no geometry to interpolate in. SMOTE
+  therefore runs twice: on the `base` model's embeddings with a refit linear head
+  (pass_jax/embedding_arm.py; `embed_linear` is the same head without SMOTE), and on the flat
+  features before LightGBM (`lgbm` is its reference).
   """
   return [
       Arm("base", "w/o PLI, CPT; plain cross-entropy", dict(_PLAIN)),
@@ -96,6 +103,10 @@ def table5() -> list[Arm]:
       Arm("class_weight", "class-balanced loss weights",
           {**_PLAIN, "finetune.sampling": "class_weight"}),
       Arm("focal", "focal loss", {**_PLAIN, "finetune.loss": "focal"}),
+      Arm("embed_linear", "base's embeddings, linear head refit (reference for smote_embed)",
+          embed_from="base"),
+      Arm("smote_embed", "SMOTE on base's embeddings, linear head refit", smote=True,
+          embed_from="base"),
       _shallow("smote", "SMOTE on flat features, then LightGBM", smote=True),
       _shallow("lgbm", "LightGBM on the same flat features (reference for SMOTE)"),
   ]
@@ -135,6 +146,14 @@ def arms_for(experiment: str, base_config) -> list[Arm]:
   if experiment == "sensitivity":
     return sensitivity(base_config)
   return {"table3": table3, "table4": table4, "table5": table5, "table6": table6}[experiment]()
+
+
+def find(experiment: str, base_config, name: str) -> Arm:
+  """The arm `name` of `experiment` (an embedding arm's source), selected or not."""
+  arms = {a.name: a for a in arms_for(experiment, base_config)}
+  if name not in arms:
+    raise ArmError(f"experiment {experiment} has no arm {name!r}")
+  return arms[name]
 
 
 def select(arms: list[Arm], names) -> list[Arm]:

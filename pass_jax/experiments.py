@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import os
 import shutil
 import sys
@@ -33,9 +32,11 @@ from typing import Any, Sequence
 import numpy as np
 
 from pass_jax import checkpoint
+from pass_jax import embedding_arm
 from pass_jax import experiment_arms
+from pass_jax import jsonio
 
-METRICS = ("accuracy", "macro_precision", "macro_recall", "macro_f1")
+METRICS = experiment_arms.METRICS
 TIMES = ("train_s", "wall_s")
 _TRAIN_STAGES = ("pretrain", "finetune", "pseudo_label")
 # Data fields that never change what a build holds.
@@ -43,20 +44,7 @@ _TRAIN_STAGES = ("pretrain", "finetune", "pseudo_label")
 _BUILD_IGNORED = ("workers", "prefetch", "shuffle_buffer", "prebuilt", "demo")
 
 
-class ArmError(RuntimeError):
-  """An arm cannot run or its stored result cannot be used; the message says why."""
-
-
-def _read(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
-
-
-def _write(path: str, obj: Any) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(obj, f, indent=1, default=str)
-  os.replace(path + ".tmp", path)
+ArmError = experiment_arms.ArmError
 
 
 def _set(config, dotted: str, value: Any) -> None:
@@ -98,13 +86,13 @@ class Builds:
     demo = self.base.data.demo.to_dict()
     marker = os.path.join(root, "demo.json")
     if os.path.isfile(marker):
-      if _read(marker) != demo:
-        raise ArmError(f"{root} was generated with demo settings {_read(marker)}, not {demo}; "
+      if jsonio.read_json(marker) != demo:
+        raise ArmError(f"{root} was generated with demo settings {jsonio.read_json(marker)}, not {demo}; "
                        "use a new --workdir")
       return root
     shutil.rmtree(root, ignore_errors=True)   # a generation cut off half-way
     synthetic.write_demo_dataset(root, **demo)
-    _write(marker, demo)
+    jsonio.write_json(marker, demo)
     return root
 
   def data_dir(self, seed: int, overrides: dict[str, Any]) -> str:
@@ -122,8 +110,8 @@ class Builds:
             if k not in _BUILD_IGNORED}
     marker = os.path.join(out, "build.json")
     if os.path.isfile(marker):
-      if _read(marker) != want:
-        diffs = checkpoint.config_differences(_read(marker), want)
+      if jsonio.read_json(marker) != want:
+        diffs = checkpoint.config_differences(jsonio.read_json(marker), want)
         raise ArmError(f"{out} was built with other data settings ({'; '.join(diffs[:4])}); "
                        "use a new --workdir")
       return out
@@ -137,14 +125,14 @@ class Builds:
     except Exception as e:  # pylint: disable=broad-except
       self._failed[out] = f"dataset build {out} failed: {type(e).__name__}: {e}"
       raise ArmError(self._failed[out]) from e
-    _write(marker, want)
+    jsonio.write_json(marker, want)
     return out
 
 
 # ----------------------------------------------------------------------------- arms
 def _pass_result(arm_dir: str) -> dict[str, Any]:
-  report = _read(os.path.join(arm_dir, "report.json"))
-  seconds = _read(os.path.join(arm_dir, "stage_seconds.json"))
+  report = jsonio.read_json(os.path.join(arm_dir, "report.json"))
+  seconds = jsonio.read_json(os.path.join(arm_dir, "stage_seconds.json"))
   return {**{k: float(report["test"][k]) for k in METRICS},
           "train_s": float(sum(seconds.get(s, 0.0) for s in _TRAIN_STAGES)),
           "wall_s": float(sum(seconds.values())), "stage_seconds": seconds}
@@ -155,7 +143,7 @@ def run_pass_arm(cfg, arm_dir: str) -> dict[str, Any]:
   from pass_jax import config_check  # pylint: disable=g-import-not-at-top
   from pass_jax import pipeline  # pylint: disable=g-import-not-at-top
   if os.path.isfile(os.path.join(arm_dir, "report.json")):
-    diffs = checkpoint.config_differences(_read(os.path.join(arm_dir, "config.json")),
+    diffs = checkpoint.config_differences(jsonio.read_json(os.path.join(arm_dir, "config.json")),
                                           checkpoint.config_to_dict(cfg))
     if diffs:
       raise ArmError(f"{arm_dir} holds a finished run of another config ({'; '.join(diffs[:4])})"
@@ -190,7 +178,7 @@ def run_shallow_arm(arm: experiment_arms.Arm, seed: int, data_dir: str,
   result_path = os.path.join(arm_dir, "result.json")
   params = {"arm": arm.to_json(), "seed": seed, "data_dir": os.path.abspath(data_dir)}
   if os.path.isfile(result_path):
-    saved = _read(result_path)
+    saved = jsonio.read_json(result_path)
     if saved["params"] != params:
       raise ArmError(f"{arm_dir} holds a result of other settings ({saved['params']}); use a "
                      "new --workdir or delete that arm")
@@ -210,8 +198,8 @@ def run_shallow_arm(arm: experiment_arms.Arm, seed: int, data_dir: str,
             "wall_s": time.time() - start, "train_rows": int(len(y_train))}
   os.makedirs(arm_dir, exist_ok=True)
   np.savez(os.path.join(arm_dir, "predictions.npz"), pred=pred, probs=probs, label=y_test)
-  _write(os.path.join(arm_dir, "metrics.json"), m)
-  _write(result_path, {"params": params, "result": result})
+  jsonio.write_json(os.path.join(arm_dir, "metrics.json"), m)
+  jsonio.write_json(result_path, {"params": params, "result": result})
   return result
 
 
@@ -297,7 +285,7 @@ def sensitivity_png(rows: Sequence[dict[str, Any]]) -> bytes | None:
 
 def write_tables(workdir: str, summary: dict[str, Any]) -> None:
   name = summary["experiment"]
-  _write(os.path.join(workdir, f"{name}.json"), summary)
+  jsonio.write_json(os.path.join(workdir, f"{name}.json"), summary)
   with open(os.path.join(workdir, f"{name}.md"), "w") as f:
     f.write(table_markdown(summary))
   if name == "sensitivity":
@@ -337,6 +325,11 @@ def run_experiment(base, workdir: str, experiment: str, seeds: Sequence[int] = (
         data_dir = builds.data_dir(seed, arm.build_overrides())
         if arm.is_shallow:
           out = run_shallow_arm(arm, seed, data_dir, arm_dir)
+        elif arm.embed_from:
+          source = experiment_arms.find(experiment, base, arm.embed_from)
+          out = embedding_arm.run_embedding_arm(
+              arm, seed, arm_config(base, source, seed, data_dir),
+              os.path.join(workdir, source.name, f"seed{seed}"), data_dir, arm_dir)
         else:
           out = run_pass_arm(arm_config(base, arm, seed, data_dir), arm_dir)
         res = {"status": "ok", **out}

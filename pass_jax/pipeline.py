@@ -10,7 +10,6 @@ Every stage writes W/<stage>.done.json when it has finished, and a stage whose m
 skipped, so re-running the same command after a crash continues where it stopped (a stage that
 was cut off mid-way resumes from its own checkpoints). `config.stage` runs one stage alone.
 """
-import json
 import os
 import time
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import jax
 
 from pass_jax import checkpoint
+from pass_jax import jsonio
 
 STAGE_ORDER = ("build", "pretrain", "finetune", "pseudo_label", "evaluate")
 # Config sections that decide what the stored data and checkpoints mean: a workdir made with
@@ -38,18 +38,8 @@ def _marker(workdir: str, stage: str) -> str:
   return os.path.join(workdir, f"{stage}.done.json")
 
 
-def _read_json(path: str) -> Any:
-  with open(path) as f:
-    return json.load(f)
-
-
 def _write_json(path: str, obj: Any) -> None:
-  if jax.process_index() != 0:
-    return
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  with open(path + ".tmp", "w") as f:
-    json.dump(obj, f, indent=1, default=str)
-  os.replace(path + ".tmp", path)
+  jsonio.write_json(path, obj, process0_only=True)
 
 
 def _sync(name: str) -> None:
@@ -94,7 +84,7 @@ def check_workdir(config, workdir: str) -> None:
                           "(no config.json); choose a new or empty directory")
     raise PipelineError(f"--workdir {workdir} holds pass_jax outputs but no config.json; it "
                         "cannot be checked against this config, choose a new directory")
-  saved = _read_json(saved_path)
+  saved = jsonio.read_json(saved_path)
   current = checkpoint.config_to_dict(config)
   diffs = [d for d in checkpoint.config_differences(saved, current)
            if d.split(":")[0].split(".")[0] in _MUST_MATCH
@@ -224,7 +214,7 @@ def run(config, workdir: str) -> None:
   wanted = STAGE_ORDER if config.stage == "all" else (
       ("build",) if config.stage in ("extract", "build") else (config.stage,))
   times_path = os.path.join(workdir, "stage_seconds.json")
-  stage_seconds = _read_json(times_path) if os.path.isfile(times_path) else {}
+  stage_seconds = jsonio.read_json(times_path) if os.path.isfile(times_path) else {}
   data = None
   prebuilt = config.data.prebuilt
   if prebuilt and not os.path.isfile(os.path.join(prebuilt, "vocab.txt")):

@@ -71,7 +71,7 @@ def test_every_arm_of_table5_in_the_table(table5_run):
     assert f"| {row['name']} |" in md
   # PASS arms ran the pipeline on the one shared build, with their own overrides.
   for row in summary["arms"]:
-    if row["shallow"]:
+    if row["shallow"] or row["embed_from"]:
       continue
     arm_dir = w / row["name"] / "seed0"
     report = json.loads((arm_dir / "report.json").read_text())
@@ -89,13 +89,13 @@ def test_every_arm_of_table5_in_the_table(table5_run):
 def test_rerun_skips_finished_arms(table5_run):
   w = table5_run
   finished = sorted(w.glob("*/seed0/report.json")) + sorted(w.glob("*/seed0/result.json"))
-  assert len(finished) == 7
+  assert len(finished) == 9
   before = {p: p.stat().st_mtime_ns for p in finished}
   ckpts_before = sorted(w.glob("*/seed0/finetune/best/*"))
   table_before = json.loads((w / "table5.json").read_text())
   proc = experiments_cli(w)
   assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
-  assert proc.stdout.count("finished before, skipped") == 7, proc.stdout
+  assert proc.stdout.count("finished before, skipped") == 9, proc.stdout
   assert {p: p.stat().st_mtime_ns for p in finished} == before
   assert sorted(w.glob("*/seed0/finetune/best/*")) == ckpts_before
   table_after = json.loads((w / "table5.json").read_text())
@@ -128,6 +128,41 @@ def test_shallow_arms_are_fit_predict_on_the_shared_split(table5_run):
     for key in ("accuracy", "macro_precision", "macro_recall", "macro_f1"):
       assert summary[arm][key]["mean"] == pytest.approx(want[key], abs=1e-12)
   assert summary["smote"]["seeds"]["0"]["train_rows"] > len(train["label"])   # SMOTE grew it
+
+
+def test_embedding_arms_refit_a_head_on_the_base_models_embeddings(table5_run, tmp_path):
+  from pass_jax import embedding_arm, experiment_arms, experiments  # pylint: disable=g-import-not-at-top
+  w = table5_run
+  base_cfg = tiny_config(root=str(w / "demo_data"))
+  source_cfg = experiments.arm_config(base_cfg, experiment_arms.find("table5", base_cfg, "base"),
+                                      0, str(w / "data_seed0"))
+  X_tr, y_tr = embedding_arm.embed_labelled(source_cfg, str(w / "base" / "seed0"),
+                                            str(w / "data_seed0"), "train")
+  X_te, y_te = embedding_arm.embed_labelled(source_cfg, str(w / "base" / "seed0"),
+                                            str(w / "data_seed0"), "test")
+  assert X_tr.shape == (len(y_tr), source_cfg.model.d_model) and np.isfinite(X_tr).all()
+  # The base run's own test embeddings (its evaluate stage) are the ones the arm used.
+  saved = np.load(w / "base" / "seed0" / "eval" / "test_predictions.npz")
+  np.testing.assert_allclose(X_te, saved["embedding"][saved["label"] >= 0], rtol=1e-5, atol=1e-5)
+  summary = {r["name"]: r for r in json.loads((w / "table5.json").read_text())["arms"]}
+  counts = np.bincount(y_tr)
+  counts = counts[counts > 0]
+  rows = {"embed_linear": len(y_tr),
+          # SMOTE grows every class with >= 2 rows to the largest class's count.
+          "smote_embed": int(sum(counts.max() if c >= 2 else c for c in counts))}
+  assert rows["smote_embed"] > rows["embed_linear"]
+  for name, smote in (("embed_linear", False), ("smote_embed", True)):
+    pred, _, train_rows = embedding_arm.fit_head(X_tr, y_tr, X_te, seed=0, smote=smote,
+                                                 num_classes=3)
+    assert train_rows == rows[name] == summary[name]["seeds"]["0"]["train_rows"]
+    stored = np.load(w / name / "seed0" / "predictions.npz")
+    np.testing.assert_array_equal(stored["pred"], pred)
+    np.testing.assert_array_equal(stored["label"], y_te)
+  # Without its source arm's finished run an embedding arm fails and says which arm to run.
+  lines = []
+  out = experiments.run_experiment(base_cfg, tmp_path, "table5", [0], ["smote_embed"],
+                                   log=lines.append)
+  assert "run base first" in out["arms"][0]["errors"]["0"]
 
 
 def test_a_failing_arm_is_recorded_and_the_others_run(table5_run, tmp_path):

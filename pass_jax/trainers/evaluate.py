@@ -18,6 +18,7 @@ from jax.experimental import multihost_utils
 from input_pipeline import streams
 from input_pipeline import tfds_builder
 from pass_jax import checkpoint
+from pass_jax import jsonio
 from pass_jax import metrics as metrics_lib
 from pass_jax import sharding
 from pass_jax import train_steps
@@ -141,17 +142,6 @@ def restore_classifier(config, ckpt_dir: str, *, mesh, num_classes: int, vocab_s
     return ckpt.restore(like, step=meta["step"])
 
 
-def write_json(path: str, obj: Any) -> None:
-  """Written by process 0 only, via a temporary file so readers never see half a file."""
-  if jax.process_index() != 0:
-    return
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=1)
-  os.replace(tmp, path)
-
-
 def run_evaluate(config, workdir: str, data: "Data | str", split: str = "test", *,
                  ckpt_dir: str | None = None, mesh=None) -> dict[str, Any]:
   """Metrics of the final fine-tuned model (best on validation) on `split`.
@@ -170,7 +160,7 @@ def run_evaluate(config, workdir: str, data: "Data | str", split: str = "test", 
                              class_names=data.class_names)
   m["checkpoint"] = {"dir": os.path.abspath(ckpt_dir), "step": meta["step"]}
   out_dir = os.path.join(workdir, "eval")
-  write_json(os.path.join(out_dir, f"{split}_metrics.json"), m)
+  jsonio.write_json(os.path.join(out_dir, f"{split}_metrics.json"), m, process0_only=True)
   if jax.process_index() == 0:
     np.savez(os.path.join(out_dir, f"{split}_predictions.npz"), probs=preds["probs"],
              embedding=preds["embedding"], label=np.asarray(arrays["label"]))

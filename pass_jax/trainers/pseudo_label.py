@@ -21,6 +21,7 @@ import numpy as np
 
 from input_pipeline import streams
 from pass_jax import checkpoint
+from pass_jax import jsonio
 from pass_jax.trainers import evaluate
 from pass_jax.trainers import finetune
 from pass_jax.trainers import pretrain
@@ -172,11 +173,8 @@ def _round_dir(workdir: str, t: int) -> str:
 
 def final_checkpoint_dir(workdir: str) -> str:
   """Best-on-validation checkpoint of the kept model: M0 unless a PLI round beat it."""
-  state_path = os.path.join(workdir, "pli", "state.json")
-  if os.path.isfile(state_path):
-    import json  # pylint: disable=g-import-not-at-top
-    with open(state_path) as f:
-      saved = json.load(f)
+  saved = jsonio.read_json_or_none(os.path.join(workdir, "pli", "state.json"))
+  if saved is not None:
     return os.path.join(_round_dir(workdir, int(saved.get("best_round", 0))), "best")
   return os.path.join(workdir, "finetune", "best")
 
@@ -197,7 +195,7 @@ def run_pseudo_label(config, workdir: str, data: "evaluate.Data | str", *, mesh=
   mesh = mesh or sharding.make_mesh()
   pc = config.pli
   state_path = os.path.join(workdir, "pli", "state.json")
-  saved = _load_json(state_path)
+  saved = jsonio.read_json_or_none(state_path)
   if saved and saved.get("done"):
     return saved
 
@@ -226,7 +224,7 @@ def run_pseudo_label(config, workdir: str, data: "evaluate.Data | str", *, mesh=
              "best_round": 0, "done": False, "stop_reason": None}
   if "m0_val_looks" not in saved:
     saved["m0_val_looks"] = looks
-    _write_json(state_path, saved)
+    jsonio.write_json(state_path, saved, process0_only=True)
   thr = float(saved["threshold"])
 
   current = _restore(config, workdir, len(saved["rounds"]) - 1, data, mesh)
@@ -267,8 +265,8 @@ def run_pseudo_label(config, workdir: str, data: "evaluate.Data | str", *, mesh=
         f"{rec['val_macro_f1']:.4f} (best so far {best_f1:.4f})")
     if gain_too_small(best_f1, rec["val_macro_f1"], pc.epsilon):
       saved.update(done=True, stop_reason=f"round {t} gained <= epsilon={pc.epsilon}")
-    _write_json(state_path, saved)
-  _write_json(state_path, saved)
+    jsonio.write_json(state_path, saved, process0_only=True)
+  jsonio.write_json(state_path, saved, process0_only=True)
   log(f"[pli] done: {saved['stop_reason']}; keeping round {saved['best_round']}")
   return saved
 
@@ -286,14 +284,3 @@ def _write_round_scalars(workdir: str, rec: dict[str, Any]) -> None:
   logger.write(rec["round"], scalars, prefix="pli")
   logger.close()  # the console line is the loop's own `[pli] round t` line
 
-
-def _load_json(path: str) -> dict[str, Any] | None:
-  import json  # pylint: disable=g-import-not-at-top
-  if not os.path.isfile(path):
-    return None
-  with open(path) as f:
-    return json.load(f)
-
-
-def _write_json(path: str, obj: Any) -> None:
-  evaluate.write_json(path, obj)
