@@ -67,6 +67,11 @@ def table3() -> list[Arm]:
       _shallow("rf_stats", "random forest on packet-length statistics (AppScanner-like)"),
       _shallow("lgbm", "LightGBM on flat lengths + payload bytes"),
       _shallow("lgbm_balanced", "LightGBM, class-balanced weights"),
+      # The same two read from the flows, not the token rows: no [UNK] (baselines/raw.py).
+      Arm("lgbm_raw", "LightGBM on flat features of the raw flows (no vocabulary)",
+          shallow="lgbm", features="raw_flat"),
+      Arm("lgbm_balanced_raw", "LightGBM, class-balanced, on the raw flows",
+          shallow="lgbm_balanced", features="raw_flat"),
   ]
   for name, what in (("cnn", "2D-CNN"), ("bilstm", "BiLSTM"), ("bigru", "BiGRU")):
     arms.append(Arm(name, f"{what} fine-tuned on the tokens (no CPT, no PLI)",

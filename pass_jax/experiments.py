@@ -157,10 +157,14 @@ def run_pass_arm(cfg, arm_dir: str) -> dict[str, Any]:
   return _pass_result(arm_dir)
 
 
-def shallow_features(data_dir: str, split: str, kind: str):
-  """(X float32[N, F], y int32[N]) of the labelled rows of a split, from its token rows."""
+def shallow_features(data_dir: str, split: str, kind: str, root: str | None = None):
+  """(X float32[N, F], y int32[N]) of the labelled rows of a split, from its token rows; a
+  `raw_<kind>` reads the build's flows from `root` instead (baselines/raw.py)."""
   from input_pipeline import tfds_builder  # pylint: disable=g-import-not-at-top
   from pass_jax.baselines import features  # pylint: disable=g-import-not-at-top
+  if kind.startswith("raw_"):
+    from pass_jax.baselines import raw  # pylint: disable=g-import-not-at-top
+    return raw.split_features(data_dir, split, kind.removeprefix("raw_"), root=root)
   vocab = tfds_builder.load_vocab(data_dir)
   arrays = tfds_builder.load_split_arrays(data_dir, split)
   keep = arrays["label"] >= 0   # label_fraction < 1 leaves unlabelled rows in train
@@ -170,7 +174,7 @@ def shallow_features(data_dir: str, split: str, kind: str):
 
 
 def run_shallow_arm(arm: experiment_arms.Arm, seed: int, data_dir: str,
-                    arm_dir: str) -> dict[str, Any]:
+                    arm_dir: str, root: str | None = None) -> dict[str, Any]:
   """fit_predict on the labelled train rows of the shared build, scored on its test rows."""
   from input_pipeline import tfds_builder  # pylint: disable=g-import-not-at-top
   from pass_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
@@ -185,8 +189,8 @@ def run_shallow_arm(arm: experiment_arms.Arm, seed: int, data_dir: str,
     return {**saved["result"], "skipped": True}
   start = time.time()
   class_names = [str(c) for c in tfds_builder.load_metadata(data_dir)["class_names"]]
-  X_train, y_train = shallow_features(data_dir, "train", arm.features)
-  X_test, y_test = shallow_features(data_dir, "test", arm.features)
+  X_train, y_train = shallow_features(data_dir, "train", arm.features, root)
+  X_test, y_test = shallow_features(data_dir, "test", arm.features, root)
   fit_start = time.time()
   if arm.smote:
     X_train, y_train = imbalance.smote(X_train, y_train, seed)
@@ -324,7 +328,7 @@ def run_experiment(base, workdir: str, experiment: str, seeds: Sequence[int] = (
       try:
         data_dir = builds.data_dir(seed, arm.build_overrides())
         if arm.is_shallow:
-          out = run_shallow_arm(arm, seed, data_dir, arm_dir)
+          out = run_shallow_arm(arm, seed, data_dir, arm_dir, root=builds.root())
         elif arm.embed_from:
           source = experiment_arms.find(experiment, base, arm.embed_from)
           out = embedding_arm.run_embedding_arm(

@@ -165,6 +165,26 @@ def test_embedding_arms_refit_a_head_on_the_base_models_embeddings(table5_run, t
   assert "run base first" in out["arms"][0]["errors"]["0"]
 
 
+def test_raw_features_equal_token_features_wherever_the_vocabulary_knows_the_token(table5_run):
+  from pass_jax import experiment_arms, experiments  # pylint: disable=g-import-not-at-top
+  from pass_jax.baselines import features  # pylint: disable=g-import-not-at-top
+  w = table5_run
+  root = str(w / "demo_data")
+  for split in ("train", "test"):
+    X_raw, y_raw = experiments.shallow_features(str(w / "data_seed0"), split, "raw_flat", root)
+    X_tok, y_tok = experiments.shallow_features(str(w / "data_seed0"), split, "flat")
+    np.testing.assert_array_equal(y_raw, y_tok)
+    assert X_raw.shape == X_tok.shape
+    assert (X_raw != features.ABSENT).mean() > 0.5      # real bytes and lengths, not padding
+    known = X_tok != features.ABSENT
+    np.testing.assert_array_equal(X_raw[known], X_tok[known])
+    if split == "train":
+      # The vocabulary is counted over train: no train token is [UNK], the two readings agree.
+      np.testing.assert_array_equal(X_raw, X_tok)
+  arm = {a.name: a for a in experiment_arms.table3()}["lgbm_raw"]
+  assert (arm.shallow, arm.features) == ("lgbm", "raw_flat")
+
+
 def test_a_failing_arm_is_recorded_and_the_others_run(table5_run, tmp_path):
   from pass_jax import experiment_arms, experiments  # pylint: disable=g-import-not-at-top
   base = tiny_config(root=str(table5_run / "demo_data"))

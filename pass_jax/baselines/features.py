@@ -67,7 +67,7 @@ def _padded(values: np.ndarray, size: int) -> np.ndarray:
   return out
 
 
-def _rows(lengths_list, payload_list, kind: str, m: int, n: int) -> np.ndarray:
+def rows(lengths_list, payload_list, kind: str, m: int, n: int) -> np.ndarray:
   if kind not in KINDS:
     raise ValueError(f"unknown feature kind {kind!r}; choose one of {KINDS}")
   rows = []
@@ -96,7 +96,7 @@ def feature_names(kind: str, m: int = 128, n: int = 32) -> list[str]:
 
 def flow_features(flows: Sequence, kind: str, m: int = 128, n: int = 32) -> np.ndarray:
   """float32[N, F] features of FlowRecords (see the module docstring for kinds)."""
-  return _rows([f.lengths for f in flows],
+  return rows([f.lengths for f in flows],
                [np.frombuffer(f.payload[:m], np.uint8) for f in flows], kind, m, n)
 
 
@@ -134,4 +134,4 @@ def token_features(tokens_NxL: np.ndarray, itos: Sequence[str], kind: str,
                    m: int = 128, n: int = 32) -> np.ndarray:
   """float32[N, F] features of token rows; `itos[id]` is the token string."""
   payloads, lengths = decode_tokens(tokens_NxL, itos, m, n)
-  return _rows(lengths, payloads, kind, m, n)
+  return rows(lengths, payloads, kind, m, n)
