@@ -163,3 +163,25 @@ def test_threshold_chosen_by_cross_validation(tmp_path):
   thr = pseudo_label.choose_threshold(_cv_config(1.0 + 1e-9), _toy_data(labels, 2),
                                       str(tmp_path / "b"), mesh=mesh, encoder_params=None)
   assert thr == 0.99
+
+
+def test_fewer_labelled_rows_than_a_batch_are_repeated_not_refused(tmp_path):
+  from pass_jax import sharding
+  from pass_jax.trainers import finetune
+  cols = {"label": np.array([0, 1, 2], np.int32), "tokens": np.arange(3)[:, None]}
+  filled = finetune.fill_one_batch(cols, 16)
+  assert len(filled["label"]) == 18                                 # 6 copies of each row
+  np.testing.assert_array_equal(np.bincount(filled["label"]), [6, 6, 6])
+  np.testing.assert_array_equal(filled["tokens"][:, 0], filled["label"])  # rows stay whole
+  assert finetune.fill_one_batch(filled, 16) is filled                    # enough: unchanged
+  # 10% of a small set's labels: 6 labelled flows, a batch of 16. Fine-tuning runs and fits them.
+  labels = np.array([0, 1, 0, 1, 0, 1])
+  data = _toy_data(labels, 2)
+  c = _cv_config(0.9)
+  c.finetune.steps = 40
+  state, history = finetune.train_classifier(
+      c, train_arrays=data.split("train"), val_arrays=data.split("train"),
+      workdir_stage=str(tmp_path / "ft"), mesh=sharding.make_mesh(), num_classes=2,
+      vocab_size=data.vocab_size)
+  assert history["total_steps"] == 40
+  assert history["best"]["val_macro_f1"] == 1.0

@@ -50,6 +50,20 @@ def training_columns(config, train_arrays: Arrays, extra_arrays: Arrays | None, 
   return cols
 
 
+def fill_one_batch(cols: dict[str, np.ndarray], global_batch: int) -> dict[str, np.ndarray]:
+  """Repeats every row k = ceil(global_batch / n) times when n rows do not fill one global batch.
+
+  With few labels (10% of a small dataset: 2 flows per class) the labelled rows can be fewer than
+  a batch; repeating all of them equally keeps the class mix and lets fine-tuning run instead of
+  failing. A batch may then hold a row twice, and `min_steps` sets how long it trains.
+  """
+  n = len(cols["label"])
+  if n == 0 or n >= global_batch:
+    return cols
+  k = -(-global_batch // n)
+  return {key: np.concatenate([v] * k) for key, v in cols.items()}
+
+
 def steps_for(stage_cfg, num_rows: int, global_batch: int, num_processes: int) -> tuple[int, int]:
   """(steps_per_epoch, total_steps): epochs (float) unless stage_cfg.steps > 0.
 
@@ -93,6 +107,7 @@ def train_classifier(config, *, train_arrays: Arrays, val_arrays: Arrays, workdi
 
   # --- Input: rows, epoch length, total steps.
   cols = training_columns(config, train_arrays, extra_arrays, num_classes=num_classes, seed=seed)
+  cols = fill_one_batch(cols, fc.batch_size)
   steps_per_epoch, total_steps = steps_for(fc, len(cols["label"]), fc.batch_size,
                                            jax.process_count())
   eval_every = config.eval_every or steps_per_epoch
