@@ -24,6 +24,21 @@ CHOICES = {
 }
 
 
+# Path fields made absolute on entry, so that a workdir's config.json and a build's build.json
+# compare equal whether a re-run spells the path `../shared/x` or `/work/shared/x`.
+PATH_FIELDS = ("data.root", "data.prebuilt", "data.labels_csv", "data.split_file")
+
+
+def absolute_paths(config) -> None:
+  """Rewrites the non-empty PATH_FIELDS of `config` in place as absolute, normalised paths."""
+  import os  # pylint: disable=g-import-not-at-top
+  for dotted in PATH_FIELDS:
+    section, field = dotted.split(".")
+    value = config[section][field]
+    if value and "://" not in value:
+      config[section][field] = os.path.abspath(os.path.expanduser(value))
+
+
 class ConfigError(ValueError):
   """A config holds values the pipeline cannot run with; the message lists all of them."""
 

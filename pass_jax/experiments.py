@@ -361,6 +361,7 @@ def main(argv) -> int:
   config = _CONFIG.value
   try:
     config_check.validate(config)
+    config_check.absolute_paths(config)
     seeds = [int(s) for s in _SEEDS.value]
     summary = run_experiment(config, _WORKDIR.value, _EXPERIMENT.value, seeds, list(_ARMS.value))
   except (ValueError, ArmError) as e:

@@ -47,6 +47,7 @@ def main(argv):
   from pass_jax import pipeline  # pylint: disable=g-import-not-at-top
   try:
     config_check.validate(_CONFIG.value)
+    config_check.absolute_paths(_CONFIG.value)
   except config_check.ConfigError as e:
     print(f"pass_jax: invalid config: {e}", file=sys.stderr)
     return 2

@@ -60,6 +60,20 @@ def test_config_check_lists_every_bad_value():
   assert msg.startswith("10 bad value(s)")
 
 
+def test_paths_are_made_absolute_so_reruns_compare_equal(tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  configs = []
+  for spelling in ("../data/set", str(tmp_path.parent / "data" / "set")):
+    c = pass_config.get_config("tiny")
+    c.data.root, c.data.labels_csv = spelling, "labels.csv"
+    config_check.absolute_paths(c)
+    configs.append(checkpoint.config_to_dict(c))
+  assert configs[0] == configs[1]
+  assert configs[0]["data"]["root"] == str(tmp_path.parent / "data" / "set")
+  assert configs[0]["data"]["labels_csv"] == str(tmp_path / "labels.csv")
+  assert configs[0]["data"]["prebuilt"] == "" and configs[0]["data"]["split_file"] == ""
+
+
 def test_config_check_runtime_batch_split():
   c = pass_config.get_config("tiny")
   config_check.check_runtime(c, num_devices=8, num_processes=2)
