@@ -49,9 +49,13 @@ class Arm:
             if k.startswith("data.") and k.split(".", 1)[1] in BUILD_FIELDS}
 
   def to_json(self) -> dict[str, Any]:
-    return {"name": self.name, "description": self.description,
-            "overrides": dict(self.overrides), "shallow": self.shallow,
-            "features": self.features, "smote": self.smote, "embed_from": self.embed_from}
+    out = {"name": self.name, "description": self.description,
+           "overrides": dict(self.overrides), "shallow": self.shallow,
+           "features": self.features, "smote": self.smote}
+    if self.embed_from:
+      # Only when set: results stored before the field existed keep matching their arm.
+      out["embed_from"] = self.embed_from
+    return out
 
 
 def _shallow(name: str, description: str, features: str = "", smote: bool = False) -> Arm:
