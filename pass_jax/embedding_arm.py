@@ -1,4 +1,4 @@
-"""SMOTE on encoder embeddings (paper Table V): resample the fine-tuned model's features, refit a head.
+"""SMOTE on encoder embeddings (paper Table V): resample the model's features, refit a head.
 
 The paper applies SMOTE to feature vectors. Token ids have no geometry to interpolate in, but the
 encoder's pooled output (the classification layer's input) has. An embedding arm takes the
@@ -20,12 +20,13 @@ from typing import Any
 import numpy as np
 
 from pass_jax import jsonio
-from pass_jax.experiment_arms import METRICS, ArmError
+from pass_jax.experiment_arms import ArmError
 
 
-def embed_labelled(config, run_dir: str, data_dir: str, split: str, *, mesh=None):
-  """(embedding float32[N, D], label int32[N]) of the labelled rows of `split`, from run_dir's
-  kept checkpoint (the one its evaluate stage scored: M0 or the best PLI round)."""
+def embed_labelled(config, run_dir: str, data_dir: str, splits=("train", "test"), *, mesh=None):
+  """{split: (embedding float32[N, D], label int32[N])} of the labelled rows of each split, from
+  run_dir's kept checkpoint (the one its evaluate stage scored: M0 or the best PLI round),
+  restored once for all of them."""
   from pass_jax import sharding  # pylint: disable=g-import-not-at-top
   from pass_jax.trainers import evaluate, pseudo_label  # pylint: disable=g-import-not-at-top
   data = evaluate.Data.from_dir(data_dir)
@@ -33,10 +34,14 @@ def embed_labelled(config, run_dir: str, data_dir: str, split: str, *, mesh=None
   state, _ = evaluate.restore_classifier(
       config, pseudo_label.final_checkpoint_dir(run_dir), mesh=mesh,
       num_classes=data.num_classes, vocab_size=data.vocab_size, seq_len=data.seq_len)
-  arrays = data.split(split)
-  keep = np.asarray(arrays["label"]) >= 0    # label_fraction < 1 leaves unlabelled train rows
-  emb = evaluate.predict_arrays(state, arrays, config, mesh)["embedding"]
-  return emb[keep], np.asarray(arrays["label"])[keep].astype(np.int32)
+  out = {}
+  for split in splits:
+    arrays = data.split(split)
+    labels = np.asarray(arrays["label"])
+    keep = labels >= 0    # label_fraction < 1 leaves unlabelled train rows
+    emb = evaluate.predict_arrays(state, arrays, config, mesh)["embedding"]
+    out[split] = (emb[keep], labels[keep].astype(np.int32))
+  return out
 
 
 def fit_head(X_train, y_train, X_test, *, seed: int, smote: bool, num_classes: int):
@@ -65,8 +70,8 @@ def run_embedding_arm(arm, seed: int, source_config, source_dir: str, data_dir: 
                       arm_dir: str) -> dict[str, Any]:
   """The arm's metrics on the test split; result.json + predictions.npz in arm_dir."""
   from input_pipeline import tfds_builder  # pylint: disable=g-import-not-at-top
-  from pass_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  result_path = os.path.join(arm_dir, "result.json")
+  # experiments imports this module at its top; its shared cached fit is reached at call time.
+  from pass_jax import experiments  # pylint: disable=g-import-not-at-top
   if not os.path.isfile(os.path.join(source_dir, "report.json")):
     raise ArmError(
         f"arm {arm.name} embeds with arm {arm.embed_from}'s model, which has not finished in "
@@ -75,25 +80,14 @@ def run_embedding_arm(arm, seed: int, source_config, source_dir: str, data_dir: 
   params = {"arm": arm.to_json(), "seed": seed, "data_dir": os.path.abspath(data_dir),
             "source_dir": os.path.abspath(source_dir),
             "source_test_f1": float(source_report["test"]["macro_f1"])}
-  if os.path.isfile(result_path):
-    saved = jsonio.read_json(result_path)
-    if saved["params"] != params:
-      raise ArmError(f"{arm_dir} holds a result of other settings "
-                                 f"({saved['params']}); use a new --workdir or delete that arm")
-    return {**saved["result"], "skipped": True}
-  start = time.time()
-  class_names = [str(c) for c in tfds_builder.load_metadata(data_dir)["class_names"]]
-  X_train, y_train = embed_labelled(source_config, source_dir, data_dir, "train")
-  X_test, y_test = embed_labelled(source_config, source_dir, data_dir, "test")
-  fit_start = time.time()
-  pred, probs, train_rows = fit_head(X_train, y_train, X_test, seed=seed, smote=arm.smote,
-                                     num_classes=len(class_names))
-  train_s = time.time() - fit_start
-  m = metrics_lib.classification_metrics(y_test, pred, len(class_names), class_names)
-  result = {**{k: float(m[k]) for k in METRICS}, "train_s": train_s,
-            "wall_s": time.time() - start, "train_rows": train_rows}
-  os.makedirs(arm_dir, exist_ok=True)
-  np.savez(os.path.join(arm_dir, "predictions.npz"), pred=pred, probs=probs, label=y_test)
-  jsonio.write_json(os.path.join(arm_dir, "metrics.json"), m)
-  jsonio.write_json(result_path, {"params": params, "result": result})
-  return result
+
+  def fit():
+    class_names = [str(c) for c in tfds_builder.load_metadata(data_dir)["class_names"]]
+    emb = embed_labelled(source_config, source_dir, data_dir)
+    (X_train, y_train), (X_test, y_test) = emb["train"], emb["test"]
+    fit_start = time.time()
+    pred, probs, train_rows = fit_head(X_train, y_train, X_test, seed=seed, smote=arm.smote,
+                                       num_classes=len(class_names))
+    return pred, probs, y_test, class_names, train_rows, time.time() - fit_start
+
+  return experiments.run_cached_fit(arm_dir, params, fit)

@@ -86,8 +86,9 @@ class Builds:
     demo = self.base.data.demo.to_dict()
     marker = os.path.join(root, "demo.json")
     if os.path.isfile(marker):
-      if jsonio.read_json(marker) != demo:
-        raise ArmError(f"{root} was generated with demo settings {jsonio.read_json(marker)}, not {demo}; "
+      saved = jsonio.read_json(marker)
+      if saved != demo:
+        raise ArmError(f"{root} was generated with demo settings {saved}, not {demo}; "
                        "use a new --workdir")
       return root
     shutil.rmtree(root, ignore_errors=True)   # a generation cut off half-way
@@ -110,8 +111,9 @@ class Builds:
             if k not in _BUILD_IGNORED}
     marker = os.path.join(out, "build.json")
     if os.path.isfile(marker):
-      if jsonio.read_json(marker) != want:
-        diffs = checkpoint.config_differences(jsonio.read_json(marker), want)
+      saved = jsonio.read_json(marker)
+      if saved != want:
+        diffs = checkpoint.config_differences(saved, want)
         raise ArmError(f"{out} was built with other data settings ({'; '.join(diffs[:4])}); "
                        "use a new --workdir")
       return out
@@ -173,14 +175,15 @@ def shallow_features(data_dir: str, split: str, kind: str, root: str | None = No
   return X, arrays["label"][keep].astype(np.int32)
 
 
-def run_shallow_arm(arm: experiment_arms.Arm, seed: int, data_dir: str,
-                    arm_dir: str, root: str | None = None) -> dict[str, Any]:
-  """fit_predict on the labelled train rows of the shared build, scored on its test rows."""
-  from input_pipeline import tfds_builder  # pylint: disable=g-import-not-at-top
+def run_cached_fit(arm_dir: str, params: dict[str, Any], fit) -> dict[str, Any]:
+  """A shallow or embedding arm: `fit()` once per arm_dir, scored on the test split.
+
+  fit() -> (pred int32[N], probs float32[N, C], y_test int32[N], class_names, train_rows,
+  train_s). Writes predictions.npz, metrics.json and result.json ({params, result}); a stored
+  result is read back when its params equal `params`, and refused otherwise.
+  """
   from pass_jax import metrics as metrics_lib  # pylint: disable=g-import-not-at-top
-  from pass_jax.baselines import imbalance, shallow  # pylint: disable=g-import-not-at-top
   result_path = os.path.join(arm_dir, "result.json")
-  params = {"arm": arm.to_json(), "seed": seed, "data_dir": os.path.abspath(data_dir)}
   if os.path.isfile(result_path):
     saved = jsonio.read_json(result_path)
     if saved["params"] != params:
@@ -188,23 +191,36 @@ def run_shallow_arm(arm: experiment_arms.Arm, seed: int, data_dir: str,
                      "new --workdir or delete that arm")
     return {**saved["result"], "skipped": True}
   start = time.time()
-  class_names = [str(c) for c in tfds_builder.load_metadata(data_dir)["class_names"]]
-  X_train, y_train = shallow_features(data_dir, "train", arm.features, root)
-  X_test, y_test = shallow_features(data_dir, "test", arm.features, root)
-  fit_start = time.time()
-  if arm.smote:
-    X_train, y_train = imbalance.smote(X_train, y_train, seed)
-  pred, probs = shallow.fit_predict(arm.shallow, X_train, y_train, X_test, seed,
-                                    num_classes=len(class_names))
-  train_s = time.time() - fit_start
+  pred, probs, y_test, class_names, train_rows, train_s = fit()
   m = metrics_lib.classification_metrics(y_test, pred, len(class_names), class_names)
   result = {**{k: float(m[k]) for k in METRICS}, "train_s": train_s,
-            "wall_s": time.time() - start, "train_rows": int(len(y_train))}
+            "wall_s": time.time() - start, "train_rows": int(train_rows)}
   os.makedirs(arm_dir, exist_ok=True)
   np.savez(os.path.join(arm_dir, "predictions.npz"), pred=pred, probs=probs, label=y_test)
   jsonio.write_json(os.path.join(arm_dir, "metrics.json"), m)
   jsonio.write_json(result_path, {"params": params, "result": result})
   return result
+
+
+def run_shallow_arm(arm: experiment_arms.Arm, seed: int, data_dir: str,
+                    arm_dir: str, root: str | None = None) -> dict[str, Any]:
+  """fit_predict on the labelled train rows of the shared build, scored on its test rows."""
+  from input_pipeline import tfds_builder  # pylint: disable=g-import-not-at-top
+  from pass_jax.baselines import imbalance, shallow  # pylint: disable=g-import-not-at-top
+
+  def fit():
+    class_names = [str(c) for c in tfds_builder.load_metadata(data_dir)["class_names"]]
+    X_train, y_train = shallow_features(data_dir, "train", arm.features, root)
+    X_test, y_test = shallow_features(data_dir, "test", arm.features, root)
+    fit_start = time.time()
+    if arm.smote:
+      X_train, y_train = imbalance.smote(X_train, y_train, seed)
+    pred, probs = shallow.fit_predict(arm.shallow, X_train, y_train, X_test, seed,
+                                      num_classes=len(class_names))
+    return pred, probs, y_test, class_names, len(y_train), time.time() - fit_start
+
+  params = {"arm": arm.to_json(), "seed": seed, "data_dir": os.path.abspath(data_dir)}
+  return run_cached_fit(arm_dir, params, fit)
 
 
 # ----------------------------------------------------------------------------- tables

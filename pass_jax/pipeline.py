@@ -214,7 +214,7 @@ def run(config, workdir: str) -> None:
   wanted = STAGE_ORDER if config.stage == "all" else (
       ("build",) if config.stage in ("extract", "build") else (config.stage,))
   times_path = os.path.join(workdir, "stage_seconds.json")
-  stage_seconds = jsonio.read_json(times_path) if os.path.isfile(times_path) else {}
+  stage_seconds = jsonio.read_json_or_none(times_path) or {}
   data = None
   prebuilt = config.data.prebuilt
   if prebuilt and not os.path.isfile(os.path.join(prebuilt, "vocab.txt")):

@@ -136,10 +136,9 @@ def test_embedding_arms_refit_a_head_on_the_base_models_embeddings(table5_run, t
   base_cfg = tiny_config(root=str(w / "demo_data"))
   source_cfg = experiments.arm_config(base_cfg, experiment_arms.find("table5", base_cfg, "base"),
                                       0, str(w / "data_seed0"))
-  X_tr, y_tr = embedding_arm.embed_labelled(source_cfg, str(w / "base" / "seed0"),
-                                            str(w / "data_seed0"), "train")
-  X_te, y_te = embedding_arm.embed_labelled(source_cfg, str(w / "base" / "seed0"),
-                                            str(w / "data_seed0"), "test")
+  emb = embedding_arm.embed_labelled(source_cfg, str(w / "base" / "seed0"),
+                                     str(w / "data_seed0"))
+  (X_tr, y_tr), (X_te, y_te) = emb["train"], emb["test"]
   assert X_tr.shape == (len(y_tr), source_cfg.model.d_model) and np.isfinite(X_tr).all()
   # The base run's own test embeddings (its evaluate stage) are the ones the arm used.
   saved = np.load(w / "base" / "seed0" / "eval" / "test_predictions.npz")
