@@ -37,6 +37,7 @@ from pass_jax import experiment_arms
 from pass_jax import jsonio
 
 METRICS = experiment_arms.METRICS
+VAL = "val_macro_f1"   # deep arms only: the score their checkpoint and PLI round were picked on
 TIMES = ("train_s", "wall_s")
 _TRAIN_STAGES = ("pretrain", "finetune", "pseudo_label")
 # Data fields that never change what a build holds.
@@ -132,10 +133,23 @@ class Builds:
 
 
 # ----------------------------------------------------------------------------- arms
+def kept_val_macro_f1(report: dict[str, Any]) -> float | None:
+  """Validation macro-F1 of the model scored on test (None without a validation split).
+
+  Every fit keeps its best-on-validation checkpoint and PLI keeps its best round, so this is the
+  best score in the run's validation record: what a choice between arms should be made on.
+  """
+  scores = [r.get("val_macro_f1") for r in report.get("pli_rounds") or []]
+  scores += [e.get("macro_f1") for e in report.get("history", {}).get("finetune_eval", [])]
+  scores = [float(s) for s in scores if s is not None]
+  return max(scores) if scores else None
+
+
 def _pass_result(arm_dir: str) -> dict[str, Any]:
   report = jsonio.read_json(os.path.join(arm_dir, "report.json"))
   seconds = jsonio.read_json(os.path.join(arm_dir, "stage_seconds.json"))
   return {**{k: float(report["test"][k]) for k in METRICS},
+          "val_macro_f1": kept_val_macro_f1(report),
           "train_s": float(sum(seconds.get(s, 0.0) for s in _TRAIN_STAGES)),
           "wall_s": float(sum(seconds.values())), "stage_seconds": seconds}
 
@@ -237,9 +251,11 @@ def summarize(arms: Sequence[experiment_arms.Arm], results: dict) -> list[dict[s
     ok = {s: r for s, r in per_seed.items() if r.get("status") == "ok"}
     row = {**arm.to_json(), "seeds": per_seed, "seeds_ok": sorted(ok, key=int),
            "errors": {s: r["error"] for s, r in per_seed.items() if r.get("status") == "error"}}
-    for key in METRICS + TIMES:
-      if ok:
-        row[key] = dict(zip(("mean", "std"), _mean_std([r[key] for r in ok.values()])))
+    for key in METRICS + (VAL,) + TIMES:
+      # Shallow and embedding arms never look at validation: their VAL cell stays empty.
+      values = [r[key] for r in ok.values() if r.get(key) is not None]
+      if values:
+        row[key] = dict(zip(("mean", "std"), _mean_std(values)))
     rows.append(row)
   return rows
 
@@ -258,13 +274,15 @@ def table_markdown(summary: dict[str, Any]) -> str:
            f"variant `{head['variant']}`, seeds {head['seeds']}, data `{head['data']}` "
            f"(split {head['split']}, label fraction {head['label_fraction']}), written "
            f"{head['written']}. Test split; mean +- std (ddof=1) over the seeds that finished; "
-           "times in seconds (train = CPT + fine-tuning + PLI, or the shallow fit).", "",
-           "| arm | what | accuracy | macro-P | macro-R | macro-F1 | train s | wall s | seeds |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "times in seconds (train = CPT + fine-tuning + PLI, or the shallow fit); val macro-F1 "
+           "is that of the kept checkpoint (deep arms; the others do not use validation).", "",
+           "| arm | what | accuracy | macro-P | macro-R | macro-F1 | val macro-F1 | train s "
+           "| wall s | seeds |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   for row in summary["arms"]:
     n = len(row["seeds_ok"])
     lines.append(f"| {row['name']} | {row['description']} | " + " | ".join(
-        _cell(row.get(k), n) for k in METRICS) + " | " + " | ".join(
+        _cell(row.get(k), n) for k in METRICS + (VAL,)) + " | " + " | ".join(
             _cell(row.get(k), n, 1) for k in TIMES) + f" | {n}/{len(head['seeds'])} |")
   errors = [(row["name"], s, e) for row in summary["arms"] for s, e in row["errors"].items()]
   if errors:

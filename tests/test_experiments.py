@@ -69,6 +69,9 @@ def test_every_arm_of_table5_in_the_table(table5_run):
       assert row[key]["std"] == 0.0                        # one seed
     assert row["wall_s"]["mean"] > 0
     assert f"| {row['name']} |" in md
+    # Only deep arms pick on validation; the others show "-" in the val column.
+    assert ("val_macro_f1" in row) == (not row["shallow"] and not row.get("embed_from")), row
+  assert "| val macro-F1 |" in md
   # PASS arms ran the pipeline on the one shared build, with their own overrides.
   for row in summary["arms"]:
     if row["shallow"] or row.get("embed_from"):
@@ -76,6 +79,10 @@ def test_every_arm_of_table5_in_the_table(table5_run):
     arm_dir = w / row["name"] / "seed0"
     report = json.loads((arm_dir / "report.json").read_text())
     assert report["test"]["macro_f1"] == pytest.approx(row["macro_f1"]["mean"])
+    # The validation score its best checkpoint was picked on (no PLI here: M0's best eval).
+    best = (arm_dir / "finetune.done.json").read_text()
+    assert row["val_macro_f1"]["mean"] == pytest.approx(
+        json.loads(best)["history"]["best"]["val_macro_f1"])
     config = json.loads((arm_dir / "config.json").read_text())
     assert config["data"]["prebuilt"] == str(w / "data_seed0")
     assert config["pretrain"]["enabled"] is False and config["pli"]["enabled"] is False
@@ -84,6 +91,19 @@ def test_every_arm_of_table5_in_the_table(table5_run):
       assert config[section][field] == value
     assert not (arm_dir / "data").exists()                # no build of its own
   assert sorted(p.name for p in w.glob("data_seed*")) == ["data_seed0"]
+
+
+def test_kept_val_macro_f1_is_the_best_validation_score_of_the_run():
+  from pass_jax import experiments  # pylint: disable=g-import-not-at-top
+  history = {"finetune_eval": [{"step": 10, "macro_f1": 0.4}, {"step": 20, "macro_f1": 0.6}]}
+  assert experiments.kept_val_macro_f1({"history": history}) == 0.6
+  # PLI kept round 1 (.7 > M0's .6); round 2 (.65) stopped the loop.
+  rounds = [{"round": 0, "val_macro_f1": 0.6}, {"round": 1, "val_macro_f1": 0.7},
+            {"round": 2, "val_macro_f1": 0.65}]
+  assert experiments.kept_val_macro_f1({"history": history, "pli_rounds": rounds}) == 0.7
+  # No validation split: fine-tuning records no score, and the cell stays empty.
+  assert experiments.kept_val_macro_f1(
+      {"history": {"finetune_eval": []}, "pli_rounds": [{"round": 0, "val_macro_f1": None}]}) is None
 
 
 def test_rerun_skips_finished_arms(table5_run):
