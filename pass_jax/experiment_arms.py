@@ -77,9 +77,10 @@ def table3() -> list[Arm]:
       Arm("lgbm_balanced_raw", "LightGBM, class-balanced, on the raw flows",
           shallow="lgbm_balanced", features="raw_flat"),
   ]
-  for name, what in (("cnn", "2D-CNN"), ("bilstm", "BiLSTM"), ("bigru", "BiGRU")):
-    arms.append(Arm(name, f"{what} fine-tuned on the tokens (no CPT, no PLI)",
-                    {"model.name": name, **_PLAIN}))
+  for name, what in (("cnn", "2D-CNN fine-tuned on the tokens"),
+                     ("bilstm", "BiLSTM fine-tuned on the tokens"),
+                     ("bigru", "BiGRU (FS-Net-like) fine-tuned on the packet lengths")):
+    arms.append(Arm(name, f"{what} (no CPT, no PLI)", {"model.name": name, **_PLAIN}))
   arms.append(Arm("pass", "PASS: transformer, CPT + fine-tuning + PLI"))
   return arms
 
