@@ -188,6 +188,13 @@ def shallow_features(data_dir: str, split: str, kind: str, root: str | None = No
   return X, arrays["label"][keep].astype(np.int32)
 
 
+def _what_decides(params: dict[str, Any]) -> dict[str, Any]:
+  # An arm's description is prose: the same fit (say `lgbm`, in Tables III and V) may carry
+  # another description in another table and still share one result in a shared workdir.
+  arm = {k: v for k, v in params.get("arm", {}).items() if k != "description"}
+  return {**params, "arm": arm}
+
+
 def run_cached_fit(arm_dir: str, params: dict[str, Any], fit) -> dict[str, Any]:
   """A shallow or embedding arm: `fit()` once per arm_dir, scored on the test split.
 
@@ -199,7 +206,7 @@ def run_cached_fit(arm_dir: str, params: dict[str, Any], fit) -> dict[str, Any]:
   result_path = os.path.join(arm_dir, "result.json")
   if os.path.isfile(result_path):
     saved = jsonio.read_json(result_path)
-    if saved["params"] != params:
+    if _what_decides(saved["params"]) != _what_decides(params):
       raise ArmError(f"{arm_dir} holds a result of other settings ({saved['params']}); use a "
                      "new --workdir or delete that arm")
     return {**saved["result"], "skipped": True}

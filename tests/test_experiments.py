@@ -123,6 +123,30 @@ def test_rerun_skips_finished_arms(table5_run):
     assert a["macro_f1"] == b["macro_f1"] and a["wall_s"] == b["wall_s"]
 
 
+def test_a_stored_fit_is_shared_across_tables_but_not_across_settings(tmp_path):
+  from pass_jax import experiments  # pylint: disable=g-import-not-at-top
+  calls = []
+
+  def fit():
+    calls.append(1)
+    y = np.array([0, 1, 1, 0], np.int32)
+    return y, np.eye(2, dtype=np.float32)[y], y, ["a", "b"], 8, 0.01
+
+  arm = {"name": "lgbm", "description": "LightGBM (Table III)", "shallow": "lgbm",
+         "features": "flat", "smote": False}
+  params = {"arm": arm, "seed": 0, "data_dir": "/d"}
+  first = experiments.run_cached_fit(str(tmp_path), params, fit)
+  assert first["macro_f1"] == 1.0 and len(calls) == 1
+  # Table V's `lgbm` is the same fit under another description: read back, not refit.
+  again = experiments.run_cached_fit(
+      str(tmp_path), {**params, "arm": {**arm, "description": "reference for SMOTE"}}, fit)
+  assert again["skipped"] and again["macro_f1"] == 1.0 and len(calls) == 1
+  # Another feature set is another fit: refused, never silently mixed.
+  with pytest.raises(experiments.ArmError, match="other settings"):
+    experiments.run_cached_fit(str(tmp_path), {**params, "arm": {**arm, "features": "stats"}}, fit)
+  assert len(calls) == 1
+
+
 def test_shallow_arms_are_fit_predict_on_the_shared_split(table5_run):
   from input_pipeline import tfds_builder  # pylint: disable=g-import-not-at-top
   from pass_jax import metrics  # pylint: disable=g-import-not-at-top
