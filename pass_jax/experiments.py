@@ -148,7 +148,7 @@ def _pass_result(arm_dir: str) -> dict[str, Any]:
   report = jsonio.read_json(os.path.join(arm_dir, "report.json"))
   seconds = jsonio.read_json(os.path.join(arm_dir, "stage_seconds.json"))
   return {**{k: float(report["test"][k]) for k in METRICS},
-          "val_macro_f1": kept_val_macro_f1(report),
+          experiment_tables.VAL: kept_val_macro_f1(report),
           "train_s": float(sum(seconds.get(s, 0.0) for s in _TRAIN_STAGES)),
           "wall_s": float(sum(seconds.values())), "stage_seconds": seconds}
 
