@@ -38,6 +38,7 @@ def data_config() -> ml_collections.ConfigDict:
   # Tokens.
   d.features = "both"       # both | rp | pl  (paper Table IV ablations)
   d.vocab_max_size = 0      # 0 -> unlimited; else the tail maps to [UNK]
+  d.vocab_min_count = 0     # 0 -> keep every token; else tokens seen fewer times map to [UNK]
   d.mask_sni = False        # replace the TLS server name bytes in RP by zeros
   # Demo dataset made by input_pipeline/synthetic.py when root is "".
   d.demo = ml_collections.ConfigDict()

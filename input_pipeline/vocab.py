@@ -177,22 +177,28 @@ class Vocab:
   @classmethod
   def build(cls, flows: Sequence[FlowRecord] | FlowArrays, *, payload_bytes: int,
             num_lengths: int, features: str = "both", max_size: int = 0,
-            mask_sni: bool = False) -> "Vocab":
+            min_count: int = 0, mask_sni: bool = False) -> "Vocab":
     """Counts tokens over `flows` (the training flows only) and orders them.
 
-    `max_size` > 0 caps the total size including the 4 special tokens; the
-    tail maps to [UNK], whose count records how many occurrences it absorbed.
+    `min_count` > 0 keeps only tokens seen at least that often; `max_size` > 0
+    caps the total size including the 4 special tokens. Both may be set; what
+    either drops maps to [UNK], whose count records the occurrences it absorbed.
     """
     arrays = flows if isinstance(flows, FlowArrays) else FlowArrays.from_flows(
         flows, payload_bytes, num_lengths, mask_sni)
     counts = count_tokens(arrays, features)
     ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
     unk_count = 0
+    if min_count > 1:
+      # A token seen once or twice in training has an embedding that can only memorise
+      # the flows it came from; [UNK] pools them into one learnable, shared embedding.
+      unk_count = sum(c for _, c in ranked if c < min_count)
+      ranked = [(t, c) for t, c in ranked if c >= min_count]
     if max_size:
       if max_size <= len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_max_size must exceed {len(SPECIAL_TOKENS)}")
       keep = max_size - len(SPECIAL_TOKENS)
-      unk_count = sum(c for _, c in ranked[keep:])
+      unk_count += sum(c for _, c in ranked[keep:])
       ranked = ranked[:keep]
     tokens = list(SPECIAL_TOKENS) + [t for t, _ in ranked]
     tallies = [0, unk_count, 0, 0] + [c for _, c in ranked]
@@ -203,7 +209,8 @@ class Vocab:
   def from_config(cls, flows, data_cfg) -> "Vocab":
     return cls.build(flows, payload_bytes=data_cfg.payload_bytes,
                      num_lengths=data_cfg.num_lengths, features=data_cfg.features,
-                     max_size=data_cfg.vocab_max_size, mask_sni=data_cfg.mask_sni)
+                     max_size=data_cfg.vocab_max_size,
+                     min_count=data_cfg.vocab_min_count, mask_sni=data_cfg.mask_sni)
 
   @property
   def size(self) -> int:

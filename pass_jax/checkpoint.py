@@ -25,6 +25,11 @@ PyTree = Any
 _RESUME_IGNORED = ("stage", "quiet", "log_every", "eval_every", "checkpoint_every",
                    "keep_checkpoints", "data.workers", "data.prefetch", "report")
 
+# Config fields added after runs were already written, with the value that computes what those
+# runs computed: a saved config without the field reads as having it, so old workdirs and
+# checkpoints stay usable.
+_ADDED_FIELDS = {"data.vocab_min_count": 0}
+
 
 def _is_key(x) -> bool:
   return isinstance(x, jax.Array) and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
@@ -82,6 +87,9 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 def config_differences(saved: dict, current: dict) -> list[str]:
   """Fields whose values differ in a way that changes training (cadence/logging fields ignored)."""
   a, b = _flatten(saved), _flatten(current)
+  for added, value in _ADDED_FIELDS.items():
+    for side in (a, b):
+      side.setdefault(added, value)
   diffs = []
   for key in sorted(set(a) | set(b)):
     if any(key == p or key.startswith(p + ".") for p in _RESUME_IGNORED):

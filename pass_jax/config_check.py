@@ -104,6 +104,7 @@ def validate(config) -> None:
   positive("data.min_payload_bytes", zero_ok=True)
   positive("data.min_flows_per_class", zero_ok=True)
   positive("data.vocab_max_size", zero_ok=True)
+  positive("data.vocab_min_count", zero_ok=True)
   positive("data.workers", zero_ok=True)
   positive("data.shuffle_buffer")
   positive("data.prefetch", zero_ok=True)

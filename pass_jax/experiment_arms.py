@@ -21,8 +21,8 @@ class ArmError(RuntimeError):
 # config.data fields that change the built dataset; an arm overriding one gets its own build.
 BUILD_FIELDS = ("features", "payload_bytes", "num_lengths", "length_kind", "count_empty_acks",
                 "idle_timeout", "min_payload_bytes", "tls_only", "min_flows_per_class",
-                "vocab_max_size", "mask_sni", "split", "split_file", "split_ratios",
-                "label_fraction", "labels_csv")
+                "vocab_max_size", "vocab_min_count", "mask_sni", "split", "split_file",
+                "split_ratios", "label_fraction", "labels_csv")
 
 # The fine-tuned model alone: no contrastive pre-training, no pseudo-label iteration.
 _PLAIN = {"pretrain.enabled": False, "pli.enabled": False}

@@ -109,6 +109,12 @@ def test_missing_checkpoint_and_config_drift(tmp_path):
   c.log_every = 3  # cadence only: not a difference
   diffs = checkpoint.config_differences(a, checkpoint.config_to_dict(c))
   assert len(diffs) == 1 and diffs[0].startswith("finetune.lr")
+  # A run saved before data.vocab_min_count existed computed what the default (0) computes.
+  del a["data"]["vocab_min_count"]
+  assert checkpoint.config_differences(a, checkpoint.config_to_dict(c)) == diffs
+  c.data.vocab_min_count = 3
+  assert any(d.startswith("data.vocab_min_count") for d in
+             checkpoint.config_differences(a, checkpoint.config_to_dict(c)))
 
 
 def test_train_state_round_trip_with_fsdp(tmp_path):

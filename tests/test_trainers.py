@@ -49,15 +49,16 @@ def test_config_check_lists_every_bad_value():
   c.data.features, c.model.pooling, c.model.norm = "rp+pl", "max", "mid"
   c.finetune.loss, c.model.d_model = "mse", 48
   c.data.split_ratios, c.pli.threshold_candidates = (0.5, 0.2, 0.2), (0.9, 1.2)
+  c.data.vocab_min_count = -2
   with pytest.raises(config_check.ConfigError) as e:
     config_check.validate(c)
   msg = str(e.value)
   for needle in ("data.split='random'", "data.label_fraction=1.5", "m must be even",
                  "data.features='rp+pl'", "model.pooling='max'", "model.norm='mid'",
                  "finetune.loss='mse'", "num_heads * head_dim = 2 * 16", "summing to 1",
-                 "threshold_candidates holds 1.2"):
+                 "threshold_candidates holds 1.2", "data.vocab_min_count=-2"):
     assert needle in msg, (needle, msg)
-  assert msg.startswith("10 bad value(s)")
+  assert msg.startswith("11 bad value(s)")
 
 
 def test_paths_are_made_absolute_so_reruns_compare_equal(tmp_path, monkeypatch):

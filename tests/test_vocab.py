@@ -65,6 +65,21 @@ def test_unseen_values_map_to_unk_and_max_size_tail():
   assert capped.encode(train[0])[3] == UNK_ID
 
 
+def test_min_count_drops_rare_tokens_and_combines_with_max_size():
+  train = [_flow(b"\x00\x01\x00\x01\x00\x02", [60, 60, -60]),
+           _flow(b"\x00\x01\x00\x03", [60, -60])]
+  # Counts: 0001 x3, +60 x3, -60 x2, 0002 x1, 0003 x1.
+  vocab = Vocab.build(train, payload_bytes=6, num_lengths=3, min_count=2)
+  assert vocab.tokens[4:] == ["+60", "0001", "-60"]
+  assert vocab.counts[1] == 2           # 0002 and 0003 went to [UNK]
+  assert vocab.encode(train[0])[3] == UNK_ID
+  both = Vocab.build(train, payload_bytes=6, num_lengths=3, min_count=2, max_size=5)
+  assert both.tokens[4:] == ["+60"] and both.counts[1] == 2 + 3 + 2
+  # min_count 0 or 1 keeps every token, as without it.
+  assert Vocab.build(train, payload_bytes=6, num_lengths=3, min_count=1).tokens == \
+      Vocab.build(train, payload_bytes=6, num_lengths=3).tokens
+
+
 def test_vectorised_encoding_matches_per_token_lookup():
   flows = _random_flows(300, seed=1)
   vocab = Vocab.build(flows[:200], payload_bytes=16, num_lengths=6)
