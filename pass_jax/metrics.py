@@ -85,3 +85,23 @@ def classification_metrics(y_true: np.ndarray, y_pred: np.ndarray, num_classes: 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
   """The model-selection metric of fine-tuning and PLI."""
   return from_confusion(confusion_matrix(y_true, y_pred, num_classes))["macro_f1"]
+
+
+def bootstrap_macro_f1(y_true: np.ndarray, preds: Sequence[np.ndarray], num_classes: int,
+                       num_samples: int = 1000, seed: int = 0) -> np.ndarray:
+  """float64[S, K]: macro-F1 of each of K prediction vectors on S resamples of the same flows.
+
+  Every row resamples the flows once (with replacement) and scores all K predictors on that one
+  resample, so row-wise differences are paired: the spread of `out[:, 0] - out[:, 1]` is the
+  uncertainty of the difference between two models on this test set, which is much smaller than
+  either model's own spread when they err on the same flows.
+  """
+  y_true = np.asarray(y_true, np.int64).reshape(-1)
+  preds = [np.asarray(p, np.int64).reshape(-1) for p in preds]
+  rng = np.random.default_rng(seed)
+  out = np.zeros((num_samples, len(preds)))
+  for s in range(num_samples):
+    idx = rng.integers(0, y_true.size, y_true.size)
+    for k, pred in enumerate(preds):
+      out[s, k] = macro_f1(y_true[idx], pred[idx], num_classes)
+  return out
