@@ -9,6 +9,15 @@ import pytest
 from pass_jax import metrics
 
 
+def _compare_runs():
+  """benchmarks/compare_runs.py as a module (benchmarks/ is not a package)."""
+  path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "compare_runs.py")
+  spec = importlib.util.spec_from_file_location("compare_runs", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
+
+
 def _noisy(y, error_rate, num_classes, rng):
   wrong = rng.random(y.size) < error_rate
   return np.where(wrong, (y + 1 + rng.integers(0, num_classes - 1, y.size)) % num_classes, y)
@@ -53,10 +62,7 @@ def test_paired_difference_is_tighter_than_either_spread():
 
 
 def test_compare_runs_reads_both_prediction_formats_and_refuses_other_flows(tmp_path, capsys):
-  path = os.path.join(os.path.dirname(__file__), "..", "benchmarks", "compare_runs.py")
-  spec = importlib.util.spec_from_file_location("compare_runs", path)
-  compare_runs = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(compare_runs)
+  compare_runs = _compare_runs()
   y = np.array([0, 0, 0, 1, 1, 2])
   deep = tmp_path / "deep"
   (deep / "eval").mkdir(parents=True)
@@ -74,3 +80,25 @@ def test_compare_runs_reads_both_prediction_formats_and_refuses_other_flows(tmp_
   np.savez(other, label=y[::-1], pred=y[::-1])
   with pytest.raises(SystemExit, match="not scored on the same flows"):
     compare_runs.main([str(deep), str(other)])
+
+
+def test_compare_runs_pools_seeds(tmp_path, capsys):
+  compare_runs = _compare_runs()
+  rng = np.random.default_rng(0)
+  for seed in (0, 1):
+    y = rng.integers(0, 3, 40)
+    for arm, pred in (("good", y), ("bad", np.zeros_like(y))):
+      (tmp_path / arm / f"seed{seed}").mkdir(parents=True)
+      np.savez(tmp_path / arm / f"seed{seed}" / "predictions.npz", label=y, pred=pred)
+  compare_runs.main([str(tmp_path / "good" / "seed{seed}"), str(tmp_path / "bad" / "seed{seed}"),
+                     "--seeds=0,1", "--samples=100"])
+  out = capsys.readouterr().out
+  assert out.count("## seed") == 2 and "Mean over seeds 0,1" in out
+  pooled = out.split("Mean over seeds")[1]
+  good_row = next(line for line in pooled.splitlines() if "good" in line)
+  bad_row = next(line for line in pooled.splitlines() if "bad" in line)
+  assert "| 1.000 1.000 | 1.000 | - |" in good_row
+  # Predicting class 0 everywhere: F1 of class 0 only, the others 0; always below the perfect run.
+  gap = float(bad_row.split("|")[4].split()[0])
+  interval = bad_row.split("[")[1].rstrip("] |").split(", ")
+  assert gap < -0.5 and float(interval[1]) < 0
