@@ -111,9 +111,9 @@ class Builds:
             if k not in _BUILD_IGNORED}
     marker = os.path.join(out, "build.json")
     if os.path.isfile(marker):
-      saved = jsonio.read_json(marker)
-      if saved != want:
-        diffs = checkpoint.config_differences(saved, want)
+      # Nested under "data" so that fields added since the build read as their old value.
+      diffs = checkpoint.config_differences({"data": jsonio.read_json(marker)}, {"data": want})
+      if diffs:
         raise ArmError(f"{out} was built with other data settings ({'; '.join(diffs[:4])}); "
                        "use a new --workdir")
       return out
