@@ -70,6 +70,11 @@ def arm_config(base, arm: experiment_arms.Arm, seed: int, data_dir: str):
 
 
 # ----------------------------------------------------------------------------- datasets
+def build_settings(data_cfg) -> dict[str, Any]:
+  """The data fields a build is made from, as recorded in its build.json."""
+  return {k: v for k, v in checkpoint.config_to_dict(data_cfg).items() if k not in _BUILD_IGNORED}
+
+
 class Builds:
   """Dataset builds of one experiment workdir, made on first use and kept across re-runs."""
 
@@ -107,8 +112,7 @@ class Builds:
     out = os.path.join(self.workdir, f"data_seed{seed}{tag}")
     if out in self._failed:
       raise ArmError(self._failed[out])
-    want = {k: v for k, v in checkpoint.config_to_dict(data_cfg).items()
-            if k not in _BUILD_IGNORED}
+    want = build_settings(data_cfg)
     marker = os.path.join(out, "build.json")
     if os.path.isfile(marker):
       # Nested under "data" so that fields added since the build read as their old value.

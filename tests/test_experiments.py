@@ -148,14 +148,12 @@ def test_a_stored_fit_is_shared_across_tables_but_not_across_settings(tmp_path):
 
 
 def test_a_build_is_reused_across_added_fields_and_refused_for_other_settings(tmp_path):
-  from pass_jax import checkpoint, experiments  # pylint: disable=g-import-not-at-top
-  from pass_jax import jsonio  # pylint: disable=g-import-not-at-top
+  from pass_jax import experiments, jsonio  # pylint: disable=g-import-not-at-top
   base = tiny_config(root=str(tmp_path / "pcaps"))
   builds = experiments.Builds(base, str(tmp_path / "w"))
   data_cfg = base.data.copy_and_resolve_references()
   data_cfg.seed = 0
-  saved = {k: v for k, v in checkpoint.config_to_dict(data_cfg).items()
-           if k not in experiments._BUILD_IGNORED}  # pylint: disable=protected-access
+  saved = experiments.build_settings(data_cfg)
   out = tmp_path / "w" / "data_seed0"
   out.mkdir(parents=True)
   # A build written before data.vocab_min_count existed is the same build as vocab_min_count=0.
