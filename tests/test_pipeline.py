@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import PROJECT_ROOT
@@ -133,3 +134,24 @@ def test_classify_bad_paths(finished_run, tmp_path):
   proc = run_cli("pass_jax.classify", f"--workdir={finished_run}",
                  f"--pcaps={tmp_path / 'missing.pcap'}")
   assert proc.returncode == 1 and "not found" in proc.stderr
+
+
+def test_embedding_probe_reads_every_stage_of_the_run(finished_run, tmp_path):
+  out = tmp_path / "probe.json"
+  proc = subprocess.run(
+      [sys.executable, "benchmarks/embedding_probe.py", str(finished_run), f"--json={out}"],
+      cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, JAX_PLATFORMS="cpu"))
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  got = json.loads(out.read_text())[str(finished_run)]
+  assert list(got["stages"]) == ["init", "cpt", "final"]
+  # The final stage is the kept checkpoint: its own head reproduces the reported test score.
+  report = json.loads((finished_run / "report.json").read_text())
+  assert got["final_test_f1"] == pytest.approx(report["test"]["macro_f1"], abs=1e-6)
+  assert got["test_rows"] == report["splits"]["test"]
+  # Pre-training and fine-tuning each moved the encoder: no two stages embed alike.
+  sil = [got["stages"][s]["silhouette"] for s in ("init", "cpt", "final")]
+  assert len(set(np.round(sil, 6))) == 3
+  for stage in got["stages"].values():
+    assert 0.0 <= stage["knn_f1"] <= 1.0 and 0.0 <= stage["linear_f1"] <= 1.0
+  assert "| init |" in proc.stdout and "| final |" in proc.stdout
