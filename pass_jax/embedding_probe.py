@@ -5,8 +5,8 @@ seeds.
 The embedding is the classification layer's input (`predict_arrays(...)["embedding"]`), taken
 from three encoders of one finished run:
 
-- `init`: the encoder as the run's seed initialises it, never trained. The floor: what a random
-  projection of the tokens already separates.
+- `init`: a fresh encoder of the run's config, initialised from its seed, never trained. The
+  floor: what a random projection of the tokens already separates.
 - `cpt`: the encoder after contrastive pre-training, before any fine-tuning step (runs with
   `pretrain.enabled`). What CPT alone learnt; the paper's claim is that it clusters apps.
 - `final`: the kept classifier checkpoint (M0 or the best PLI round), as the test metrics score it.
