@@ -23,6 +23,17 @@ from pass_jax import jsonio
 from pass_jax.experiment_arms import ArmError
 
 
+def labelled_outputs(state, data, split: str, config, mesh):
+  """(embedding float32[N, D], probs float32[N, C], label int32[N]) of the labelled rows of one
+  split of `data` (an evaluate.Data), predicted by `state`."""
+  from pass_jax.trainers import evaluate  # pylint: disable=g-import-not-at-top
+  arrays = data.split(split)
+  labels = np.asarray(arrays["label"])
+  keep = labels >= 0    # label_fraction < 1 leaves unlabelled train rows
+  pred = evaluate.predict_arrays(state, arrays, config, mesh)
+  return pred["embedding"][keep], pred["probs"][keep], labels[keep].astype(np.int32)
+
+
 def embed_labelled(config, run_dir: str, data_dir: str, splits=("train", "test"), *, mesh=None):
   """{split: (embedding float32[N, D], label int32[N])} of the labelled rows of each split, from
   run_dir's kept checkpoint (the one its evaluate stage scored: M0 or the best PLI round),
@@ -36,11 +47,8 @@ def embed_labelled(config, run_dir: str, data_dir: str, splits=("train", "test")
       num_classes=data.num_classes, vocab_size=data.vocab_size, seq_len=data.seq_len)
   out = {}
   for split in splits:
-    arrays = data.split(split)
-    labels = np.asarray(arrays["label"])
-    keep = labels >= 0    # label_fraction < 1 leaves unlabelled train rows
-    emb = evaluate.predict_arrays(state, arrays, config, mesh)["embedding"]
-    out[split] = (emb[keep], labels[keep].astype(np.int32))
+    emb, _, labels = labelled_outputs(state, data, split, config, mesh)
+    out[split] = (emb, labels)
   return out
 
 

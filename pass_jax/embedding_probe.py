@@ -87,20 +87,14 @@ def probe_run(run_dir: str, *, k: int = 5, mesh=None) -> dict[str, Any]:
     of the final state's own head (equals the run's reported test macro-F1)}.
   """
   from pass_jax import classify, metrics, sharding  # pylint: disable=g-import-not-at-top
-  from pass_jax.trainers import evaluate  # pylint: disable=g-import-not-at-top
+  from pass_jax.embedding_arm import labelled_outputs  # pylint: disable=g-import-not-at-top
   config, data, ckpt_dir = classify.load_run(run_dir)
   mesh = mesh or sharding.make_mesh()
   states = stage_states(config, run_dir, data, ckpt_dir, mesh)
   out: dict[str, Any] = {"run": os.path.abspath(run_dir), "stages": {}}
   for stage, state in states.items():
-    got = {}
-    for split in ("train", "test"):
-      arrays = data.split(split)
-      labels = np.asarray(arrays["label"])
-      keep = labels >= 0      # label_fraction < 1 leaves unlabelled train rows
-      pred = evaluate.predict_arrays(state, arrays, config, mesh)
-      got[split] = (pred["embedding"][keep], labels[keep], pred["probs"][keep])
-    (X_tr, y_tr, _), (X_te, y_te, probs_te) = got["train"], got["test"]
+    X_tr, _, y_tr = labelled_outputs(state, data, "train", config, mesh)
+    X_te, probs_te, y_te = labelled_outputs(state, data, "test", config, mesh)
     out["train_rows"], out["test_rows"] = int(len(y_tr)), int(len(y_te))
     out["stages"][stage] = scores(X_tr, y_tr, X_te, y_te, num_classes=data.num_classes, k=k,
                                   seed=int(config.seed))
